@@ -1,0 +1,3 @@
+"""Root conftest: loads the book's block harness (tests/harness) for every pytest run."""
+
+pytest_plugins = ["tests.harness.plugin", "pytester"]

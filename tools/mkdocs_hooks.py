@@ -1,0 +1,105 @@
+"""MkDocs hooks for attnbook (wired in ``mkdocs.yml`` under ``hooks:``).
+
+1. **Math without a network.** pymdownx.arithmatex marks up ``$...$`` and ``$$...$$``;
+   these hooks turn each formula into MathML at build time (latex2mathml), which
+   every current browser renders natively. No math script or font is downloaded.
+2. **Lean notebook pages.** mkdocs-jupyter inlines about 600 KB of CSS into every
+   notebook page. The hooks move each inline stylesheet into a shared, content-hashed
+   file under ``assets/jupyter/``, linked from the page, so browsers cache it once.
+   Any script the notebook template loads from another host (MathJax, RequireJS) is
+   dropped: the site makes no third-party requests.
+3. **Notebooks to download.** Every lab (a jupytext ``.py`` file) is also written as
+   an ``.ipynb`` next to its page, with a download button at the top of the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import posixpath
+import re
+from pathlib import Path
+
+import jupytext
+from latex2mathml.converter import convert as latex_to_mathml
+
+log = logging.getLogger("mkdocs.hooks.attnbook")
+
+_MATH = re.compile(
+    r'<(?P<tag>span|div) class="arithmatex">\s*\\(?P<open>[\(\[])(?P<tex>.*?)\\[\)\]]\s*</(?P=tag)>',
+    re.S,
+)
+_STYLE = re.compile(r"<style[^>]*>(?P<css>.*?)</style>", re.S)
+_SCRIPT = re.compile(r"<script(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.S)
+_REMOTE = re.compile(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", re.I)
+
+_stylesheets: dict[str, str] = {}  # file name -> CSS, collected during the build
+
+
+def _mathml(match: re.Match) -> str:
+    tex = html.unescape(match["tex"]).strip()
+    display = "block" if match["open"] == "[" else "inline"
+    try:
+        rendered = latex_to_mathml(tex, display=display)
+    except Exception as err:  # a formula that cannot be converted fails the strict build
+        log.warning("math could not be converted to MathML: %r (%s)", tex, err)
+        return match[0]
+    if display == "block":
+        return f'<div class="arithmatex">{rendered}</div>'
+    return f'<span class="arithmatex">{rendered}</span>'
+
+
+def _drop_remote_script(match: re.Match) -> str:
+    """Drop notebook-template scripts that load from other hosts (or from ``src=""``)."""
+    attrs, body = match["attrs"], match["body"]
+    src = re.search(r"\bsrc=[\"']([^\"']*)[\"']", attrs)
+    if src is not None and (not src[1] or _REMOTE.match(src[1])):
+        return ""
+    if _REMOTE.search(body) or "text/x-mathjax-config" in attrs:
+        return ""
+    return match[0]
+
+
+def _is_notebook(page) -> bool:
+    return page.file.src_uri.endswith((".py", ".ipynb"))
+
+
+def _share_stylesheets(content: str, page) -> str:
+    def link(match: re.Match) -> str:
+        css = match["css"]
+        name = hashlib.sha256(css.encode()).hexdigest()[:16] + ".css"
+        _stylesheets[name] = css
+        here = page.url if page.url.endswith("/") else posixpath.dirname(page.url)
+        href = posixpath.relpath(f"assets/jupyter/{name}", here.rstrip("/") or ".")
+        return f'<link rel="stylesheet" href="{href}">'
+
+    return _STYLE.sub(link, content)
+
+
+def _download_button(page) -> str:
+    name = Path(page.file.src_uri).with_suffix(".ipynb").name
+    return (f'<p class="attnbook-download"><a class="md-button" href="{name}" download>'
+            f"Download this notebook (.ipynb)</a></p>\n")
+
+
+def on_page_content(content: str, page, config, files) -> str:
+    content = _MATH.sub(_mathml, content)
+    if _is_notebook(page):
+        content = _SCRIPT.sub(_drop_remote_script, content)
+        content = _share_stylesheets(content, page)
+        content = _download_button(page) + content
+    return content
+
+
+def on_post_build(config) -> None:
+    site = Path(config["site_dir"])
+    shared = site / "assets" / "jupyter"
+    shared.mkdir(parents=True, exist_ok=True)
+    for name, css in _stylesheets.items():
+        (shared / name).write_text(css, encoding="utf-8")
+    docs = Path(config["docs_dir"])
+    for lab in sorted((docs / "labs").glob("*.py")):
+        target = site / "labs" / lab.stem / f"{lab.stem}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        jupytext.write(jupytext.read(lab), target, fmt="ipynb")
