@@ -11,6 +11,7 @@ changed output is shown as a diff of the page's Output block against the real on
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import json
 import os
@@ -148,7 +149,7 @@ class RunBlock(_Item):
     def runtest(self):
         fence = self.fence
         timeout = float(self.config.getini("book_block_timeout"))
-        result = _zygote(self.config).run(
+        result = RUNNER.run(
             code=fence.body, filename=str(self.path), line=fence.line + 1, timeout=timeout
         )
         actual = result["output"]
@@ -189,7 +190,10 @@ class RunBlock(_Item):
 
 
 class Zygote:
-    """A child process that has imported torch once and forks a fresh child per block."""
+    """A process (tests/harness/zygote.py) that has imported torch once and forks a fresh child per block.
+
+    Started on first use, so a run that executes no block never pays for it.
+    """
 
     def __init__(self):
         self.proc: subprocess.Popen | None = None
@@ -222,15 +226,10 @@ class Zygote:
         self.proc = None
 
 
-_ZYGOTE = Zygote()
-
-
-def _zygote(config: pytest.Config) -> Zygote:
-    return _ZYGOTE
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    _ZYGOTE.close()
+#: One runner per pytest process (each xdist worker has its own), closed at exit. Nested
+#: pytester sessions in the harness's own tests share it, so torch is imported once.
+RUNNER = Zygote()
+atexit.register(RUNNER.close)
 
 
 # --- refreshing Output blocks -------------------------------------------------------------
@@ -263,7 +262,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     for path, changes in session.config.stash[_updates].items():
         rewrite_outputs(path, changes)
         rel = _relative(session.config, path)
-        session.config.get_terminal_writer().line(
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
             f"rewrote {len(changes)} Output block(s) in {rel}: review with `git diff {rel}`")
 
 

@@ -6,9 +6,11 @@ request it forks a child that:
 
 * gets a brand-new ``__main__`` module, ``sys.argv == ['']``, an empty working
   directory of its own, stdin from ``/dev/null``, and freshly seeded ``random``;
-* sees torch exactly as a fresh ``python`` would after ``import torch``: the
-  parent never seeds it, changes its default dtype or print options, or runs an
-  op, so no thread pool exists yet when the child is forked;
+* sees torch exactly as a fresh ``python`` would after ``import torch``: a new
+  random seed (as a fresh import draws one), and the parent never changes its
+  default dtype or print options or runs an op, so no thread pool exists yet
+  when the child is forked. A block that forgets to seed prints different
+  numbers on every run, and so fails its Output check;
 * runs the block as a script, with stdout and stderr line-buffered into one pipe
   (the order a reader sees in a terminal), tracebacks pointing at the Markdown
   file and line.
@@ -47,7 +49,10 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
                                   line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
-    random.seed()
+    random.seed()  # a fresh interpreter seeds from the OS; forked children must not share
+    torch.seed()  # likewise: a fresh ``import torch`` starts from a random seed
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     os.chdir(workdir)
     sys.argv = [""]
     sys.path.insert(0, workdir)  # a script's own folder comes first, as for ``python block.py``

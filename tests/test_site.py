@@ -1,0 +1,170 @@
+"""The built site: strict build, no third-party requests, math, package source, lab page."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = "chapters/01-self-attention/index.html"
+LAB = "labs/01-attention-heatmap/index.html"
+
+# <link rel=...> values that make the browser fetch something (canonical, prev, next do not).
+FETCHING_RELS = {"stylesheet", "icon", "shortcut", "preload", "modulepreload", "prefetch",
+                 "manifest", "apple-touch-icon", "mask-icon", "dns-prefetch", "preconnect"}
+URL_IN_CSS = re.compile(r"""(?:url\(\s*['"]?|@import\s+['"])(?P<url>[^'")\s]+)""")
+REMOTE_IN_SCRIPT = re.compile(r"""(?:import\(|fetch\(|src\s*=)\s*['"](?P<url>(?:https?:)?//[^'"]+)""")
+
+
+class ResourceFinder(HTMLParser):
+    """Collect every URL a page makes the browser load (not the links a reader may follow)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.urls: list[tuple[str, str]] = []  # (where, url)
+        self._in = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "link" and FETCHING_RELS & set((a.get("rel") or "").lower().split()):
+            self.urls.append(("link", a.get("href") or ""))
+        for attr in ("src", "data", "poster"):
+            if a.get(attr) is not None and tag in {"script", "img", "iframe", "source", "video",
+                                                   "audio", "embed", "object", "track", "input"}:
+                self.urls.append((tag, a[attr]))
+        for attr in ("srcset", "imagesrcset"):
+            for part in (a.get(attr) or "").split(","):
+                if part.strip():
+                    self.urls.append((tag, part.split()[0]))
+        if tag in {"image", "use"} and a.get("href", "").startswith(("http", "//")):
+            self.urls.append((tag, a["href"]))
+        for match in URL_IN_CSS.finditer(a.get("style") or ""):
+            self.urls.append(("style attribute", match["url"]))
+        self._in = tag if tag in {"style", "script"} else None
+
+    def handle_data(self, data):
+        if self._in == "style":
+            self.urls += [("style", m["url"]) for m in URL_IN_CSS.finditer(data)]
+        elif self._in == "script":
+            self.urls += [("script", m["url"]) for m in REMOTE_IN_SCRIPT.finditer(data)]
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+
+def third_party(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme not in ("", "data", "blob") or bool(parsed.netloc)
+
+
+def pages(site: Path) -> list[Path]:
+    return sorted(site.rglob("*.html"))
+
+
+def test_every_page_is_built(built_site):
+    for page in ("index.html", CHAPTER, LAB, "404.html"):
+        assert (built_site / page).is_file(), page
+
+
+def test_no_page_loads_anything_from_another_host(built_site):
+    offenders = []
+    for page in pages(built_site):
+        finder = ResourceFinder()
+        finder.feed(page.read_text(encoding="utf-8"))
+        assert finder.urls, f"{page}: no resources found at all; is the scanner broken?"
+        offenders += [f"{page.relative_to(built_site)}: <{where}> {url}"
+                      for where, url in finder.urls if third_party(url) or url == ""]
+    assert not offenders, "requests to other hosts:\n" + "\n".join(offenders)
+
+
+def test_no_stylesheet_loads_anything_from_another_host(built_site):
+    offenders = []
+    for sheet in built_site.rglob("*.css"):
+        for match in URL_IN_CSS.finditer(sheet.read_text(encoding="utf-8")):
+            if third_party(match["url"]):
+                offenders.append(f"{sheet.relative_to(built_site)}: {match['url']}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_scanner_catches_third_party_requests():
+    finder = ResourceFinder()
+    finder.feed('<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">'
+                '<link rel="canonical" href="https://example.org/page/">'
+                '<script src="//cdn.example.com/x.js"></script><img srcset="a.png 1x, https://x.org/b.png 2x">'
+                '<style>@import "https://fonts.example/f.css";</style>'
+                '<script type="module">await import("https://cdnjs.example/m.mjs")</script>'
+                '<a href="https://github.com/">a link, not a request</a>')
+    remote = [url for _, url in finder.urls if third_party(url)]
+    assert remote == ["https://fonts.googleapis.com/css?family=Roboto", "//cdn.example.com/x.js",
+                      "https://x.org/b.png", "https://fonts.example/f.css",
+                      "https://cdnjs.example/m.mjs"]
+
+
+def test_math_is_rendered_to_mathml_at_build_time(built_site):
+    text = (built_site / CHAPTER).read_text(encoding="utf-8")
+    formulas = re.findall(r'class="arithmatex">(.*?)</(?:span|div)>', text, re.S)
+    assert len(formulas) >= 10
+    assert all(f.startswith("<math") for f in formulas), [f[:60] for f in formulas
+                                                           if not f.startswith("<math")]
+    assert 'display="block"' in text
+    visible = re.sub(r"<[^>]+>", "", re.sub(r"<(script|style).*?</\1>", "", text, flags=re.S))
+    assert "\\(" not in visible and "\\[" not in visible and "$$" not in visible
+
+
+def _section(path: Path, name: str) -> str:
+    source = path.read_text(encoding="utf-8")
+    body = source.split(f"# --8<-- [start:{name}]\n", 1)[1].split(f"# --8<-- [end:{name}]", 1)[0]
+    return body
+
+
+def test_chapter_shows_the_package_source_verbatim(built_site):
+    text = (built_site / CHAPTER).read_text(encoding="utf-8")
+    blocks = [html.unescape(re.sub(r"<[^>]+>", "", b))
+              for b in re.findall(r"<pre[^>]*>(.*?)</pre>", text, re.S)]
+    wanted = _section(ROOT / "src/attnbook/attention.py", "self_attention")
+    assert any(block.strip("\n") == wanted.strip("\n") for block in blocks)
+    assert 'src/attnbook/attention.py</span>' in text  # the fence's title names the file
+
+
+def test_site_features(built_site):
+    text = (built_site / CHAPTER).read_text(encoding="utf-8")
+    config = json.loads(re.search(r'<script id="__config" type="application/json">(.*?)</script>',
+                                  text, re.S)[1])
+    assert "content.code.copy" in config["features"]
+    assert 'href="https://github.com/attnbook/attnbook/edit/main/docs/chapters/01-self-attention.md"' in text
+    assert text.count('name="__palette"') == 2  # the light/dark toggle
+    assert 'data-md-component="search"' in text
+    assert re.search(r'<details class="success"', text)  # quiz answers are revealable
+
+
+def test_search_index_finds_softmax_in_chapter_one(built_site):
+    index = json.loads((built_site / "search/search_index.json").read_text(encoding="utf-8"))
+    hits = {doc["location"].split("#")[0] for doc in index["docs"] if "softmax" in doc["text"]}
+    assert "chapters/01-self-attention/" in hits
+
+
+def test_lab_page_has_its_heatmap_and_a_notebook_to_download(built_site):
+    text = (built_site / LAB).read_text(encoding="utf-8")
+    assert "data:image/png;base64," in text  # the heatmap, drawn by a real kernel at build time
+    assert "Traceback" not in text
+    assert "application/vnd.jupyter.stderr" not in text  # no warnings printed by the cells
+    link = re.search(r'<a class="md-button" href="([^"]+\.ipynb)" download>', text)
+    assert link, "no download button"
+    notebook = nbformat.read((built_site / LAB).parent / link[1], as_version=4)
+    nbformat.validate(notebook)
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    assert "self_attention(x)" in code and "imshow" in code
+
+
+@pytest.mark.parametrize("page", [CHAPTER, LAB])
+def test_page_html_stays_light(built_site, page):
+    # mkdocs-jupyter inlines ~600 KB of CSS per notebook page; the hooks share it instead.
+    size = (built_site / page).stat().st_size
+    assert size <= 150 * 1024, f"{page} is {size / 1024:.0f} KB"
