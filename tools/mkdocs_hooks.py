@@ -88,7 +88,8 @@ def on_page_content(content: str, page, config, files) -> str:
     if _is_notebook(page):
         content = _SCRIPT.sub(_drop_remote_script, content)
         content = _share_stylesheets(content, page)
-        content = _download_button(page) + content
+        head, h1, rest = content.partition("</h1>")  # the button goes under the title
+        content = head + h1 + _download_button(page) + rest if h1 else _download_button(page) + content
     return content
 
 
