@@ -4,7 +4,21 @@ Every public name here is taught by a chapter of the book and tested against
 PyTorch's own reference operations.
 """
 
-from attnbook.attention import self_attention
+from attnbook.attention import (
+    attention_weights,
+    causal_mask,
+    padding_mask,
+    scaled_dot_product_attention,
+    self_attention,
+)
+from attnbook.multihead import MultiHeadAttention
 
-__all__ = ["self_attention"]
+__all__ = [
+    "MultiHeadAttention",
+    "attention_weights",
+    "causal_mask",
+    "padding_mask",
+    "scaled_dot_product_attention",
+    "self_attention",
+]
 __version__ = "0.1.0"

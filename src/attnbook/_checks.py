@@ -32,3 +32,14 @@ def require_ndim(name: str, value: torch.Tensor, allowed: tuple[int, ...], layou
             f"{name} must have shape {layout}, got a {value.ndim}-D tensor of shape "
             f"{tuple(value.shape)}"
         )
+
+
+def broadcast_shape(name: str, shape: tuple[int, ...], target: tuple[int, ...], what: str) -> None:
+    """Raise ``ValueError`` unless ``shape`` broadcasts to ``target``."""
+    try:
+        result = torch.broadcast_shapes(shape, target)
+    except RuntimeError:
+        result = None
+    if result != tuple(target):
+        raise ValueError(f"{name} of shape {tuple(shape)} does not broadcast to {what} "
+                         f"{tuple(target)}")
