@@ -41,8 +41,8 @@ fig, ax = plt.subplots(figsize=(4.8, 4.2))
 image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0)
 ax.set_xticks(range(len(words)), labels=words)
 ax.set_yticks(range(len(words)), labels=words)
-ax.set_xlabel("attends to (key position j)")
-ax.set_ylabel("query position i")
+ax.set_xlabel("word looked at (column j)")
+ax.set_ylabel("word doing the looking (row i)")
 for i in range(len(words)):
     for j in range(len(words)):
         value = weights[i, j].item()
@@ -59,4 +59,5 @@ plt.show()
 # each overlap *She* in one coordinate (0.20).
 #
 # **Try it.** Double the vectors (`2 * x`) and re-run: the diagonal gets brighter and the
-# rest darker, because a softmax of larger scores is more peaked.
+# rest darker: every gap between two scores grows fourfold, and a softmax of more
+# spread-out scores is more peaked.

@@ -35,16 +35,17 @@ def self_attention(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(output, weights)``: ``output`` has the shape of ``x``; ``weights`` is
         ``(L, L)`` or ``(B, L, L)``, and each of its rows sums to 1.
 
-    Half-precision inputs are computed in float32 and cast back, so that large
-    scores cannot overflow to ``inf`` (float16 stops at 65504) and give NaN.
+    Half-precision inputs are computed in float32 and cast back: in float16, large
+    scores would overflow to ``inf`` (it stops at 65504) and give NaN, and bfloat16
+    would round the scores to about 3 significant digits.
     """
     require_tensor("x", x)
     require_floating("x", x)
     require_ndim("x", x, (2, 3), "(L, E) or (B, L, E)")
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    scores = work @ work.transpose(-2, -1)  # (B, L, L): one score per pair of positions
-    weights = torch.softmax(scores, dim=-1)  # (B, L, L): each row sums to 1
-    output = weights @ work  # (B, L, E): a weighted sum of the vectors
+    scores = work @ work.transpose(-2, -1)  # (..., L, L): one score per pair of positions
+    weights = torch.softmax(scores, dim=-1)  # (..., L, L): each row sums to 1
+    output = weights @ work  # (..., L, E): a weighted sum of the vectors
     return output.to(x.dtype), weights.to(x.dtype)
 # --8<-- [end:self_attention]
 
