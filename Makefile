@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help install serve test test-fast build chapter refresh lock clean
+.PHONY: help install serve test build chapter refresh lock clean bench
 
 help:
 	@echo "make serve               build the site and serve it at http://127.0.0.1:8000 (live reload)"
@@ -15,6 +15,7 @@ help:
 	@echo "make chapter PAGE=...    test one page, e.g. PAGE=docs/chapters/01-self-attention.md"
 	@echo "make refresh [PAGE=...]  rewrite Output blocks from a real run (review with git diff)"
 	@echo "make build               the strict site build alone, into site/"
+	@echo "make bench               benchmarks against the torch reference (ratios, same run)"
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "attnbook needs Python 3.11 or newer (set PYTHON=...)")'
@@ -52,3 +53,6 @@ lock:
 
 clean:
 	rm -rf $(VENV) site .cache .pytest_cache .hypothesis
+
+bench: $(STAMP)
+	$(BIN)/python -m attnbook.bench
