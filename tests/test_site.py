@@ -144,6 +144,13 @@ def test_site_features(built_site):
     assert re.search(r'<details class="success"', text)  # quiz answers are revealable
 
 
+def test_output_blocks_are_marked_and_have_no_copy_button(built_site):
+    text = (built_site / CHAPTER).read_text(encoding="utf-8")
+    on_page = (ROOT / "docs/chapters/01-self-attention.md").read_text().count('text title="Output"')
+    assert on_page and text.count('attnbook-output no-copy"><span class="filename">Output</span>') == on_page
+    assert 'class="language-text highlight"><span class="filename">Output' not in text
+
+
 def test_search_index_finds_softmax_in_chapter_one(built_site):
     index = json.loads((built_site / "search/search_index.json").read_text(encoding="utf-8"))
     hits = {doc["location"].split("#")[0] for doc in index["docs"] if "softmax" in doc["text"]}

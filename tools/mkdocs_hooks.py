@@ -8,7 +8,10 @@
    file under ``assets/jupyter/``, linked from the page, so browsers cache it once.
    Any script the notebook template loads from another host (MathJax, RequireJS) is
    dropped: the site makes no third-party requests.
-3. **Notebooks to download.** Every lab (a jupytext ``.py`` file) is also written as
+3. **Output blocks look like output.** Each ```` ```text title="Output" ```` block gets
+   the classes ``attnbook-output`` (styled in ``assets/book.css``) and ``no-copy`` (no
+   copy button: it is what a block printed, not code to paste).
+4. **Notebooks to download.** Every lab (a jupytext ``.py`` file) is also written as
    an ``.ipynb`` next to its page, with a download button at the top of the page.
 """
 
@@ -33,6 +36,10 @@ _MATH = re.compile(
 _STYLE = re.compile(r"<style[^>]*>(?P<css>.*?)</style>", re.S)
 _SCRIPT = re.compile(r"<script(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.S)
 _REMOTE = re.compile(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", re.I)
+
+_OUTPUT_BLOCK = '<div class="language-text highlight"><span class="filename">Output</span>'
+_OUTPUT_MARKED = ('<div class="language-text highlight attnbook-output no-copy">'
+                  '<span class="filename">Output</span>')
 
 _stylesheets: dict[str, str] = {}  # file name -> CSS, collected during the build
 
@@ -85,6 +92,7 @@ def _download_button(page) -> str:
 
 def on_page_content(content: str, page, config, files) -> str:
     content = _MATH.sub(_mathml, content)
+    content = content.replace(_OUTPUT_BLOCK, _OUTPUT_MARKED)
     if _is_notebook(page):
         content = _SCRIPT.sub(_drop_remote_script, content)
         content = _share_stylesheets(content, page)

@@ -19,7 +19,8 @@
 # *i* is the word doing the looking, column *j* is the word being looked at, and the
 # colour is the weight. Each row sums to 1.
 #
-# Run it top to bottom in Jupyter (download it with the button above), or change the
+# Run it top to bottom in Jupyter (download it with the button above; it needs `torch`
+# and `attnbook`, see "Running the code yourself" on the home page), or change the
 # vectors and watch the picture change.
 
 # %%

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # Lab 3: softmax saturation and the 1/sqrt(d_k) scale
+# # Lab 3: softmax saturation
 #
 # Chapter 3 measured, for a query against 16 random keys, how the largest attention
 # weight and the softmax's sensitivity change with the key width d_k, with and without

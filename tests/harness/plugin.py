@@ -98,7 +98,7 @@ class _Item(pytest.Item):
         return f"{_relative(self.config, self.path)}:{self.line}"
 
     def reportinfo(self):
-        return self.path, self.line - 1, f"{self.where} [{self.kind}]"
+        return self.path, self.line - 1, f"{self.where} ({self.name})"
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, BlockFailure):
@@ -259,10 +259,12 @@ def rewrite_outputs(path: Path, changes: list[tuple[Fence, str]]) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for path, changes in session.config.stash[_updates].items():
         rewrite_outputs(path, changes)
         rel = _relative(session.config, path)
-        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+        reporter.ensure_newline()
+        reporter.write_line(
             f"rewrote {len(changes)} Output block(s) in {rel}: review with `git diff {rel}`")
 
 
