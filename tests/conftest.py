@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_site_key = pytest.StashKey[dict]()
+_site_key = pytest.StashKey[float]()
+
+
+@pytest.fixture
+def site_build_seconds(built_site, pytestconfig) -> float:
+    return pytestconfig.stash[_site_key]
 
 
 @pytest.fixture(scope="session")
@@ -28,20 +33,25 @@ def built_site(tmp_path_factory, pytestconfig) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"mkdocs build --strict failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
                     pytrace=False)
-    pytestconfig.stash[_site_key] = {"seconds": seconds, "site": site}
+    pytestconfig.stash[_site_key] = seconds
     return site
 
 
+def page_sizes(site: Path) -> dict[str, int]:
+    """HTML bytes of each page, by its folder in the site."""
+    return {"/" + str(page.relative_to(site).parent).strip("."): page.stat().st_size
+            for page in sorted(site.rglob("index.html"))}
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    info = config.stash.get(_site_key, None)
-    if not info:
-        return
-    site: Path = info["site"]
-    sizes = {
-        str(page.relative_to(site).parent) or "/": page.stat().st_size
-        for page in sorted(site.rglob("index.html"))
-    }
-    listing = ", ".join(f"{name} {size / 1024:.1f} KB" for name, size in sizes.items())
-    terminalreporter.write_line(
-        f"site: mkdocs build --strict took {info['seconds']:.1f} s; page HTML sizes: {listing}"
-    )
+    """Print the build time and page sizes that test_site.py recorded (also under xdist)."""
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = dict(getattr(report, "user_properties", ()))
+            if "site_build_seconds" in props:
+                listing = ", ".join(f"{name} {size / 1024:.1f} KB"
+                                    for name, size in props["site_page_bytes"].items())
+                terminalreporter.write_line(
+                    f"site: mkdocs build --strict took {props['site_build_seconds']:.1f} s; "
+                    f"page HTML sizes: {listing}")
+                return

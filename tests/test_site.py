@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
+from tests.conftest import page_sizes
+
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "chapters/01-self-attention/index.html"
 LAB = "labs/01-attention-heatmap/index.html"
@@ -68,9 +70,16 @@ def pages(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
 
 
-def test_every_page_is_built(built_site):
+def test_every_page_is_built(built_site, site_build_seconds, record_property):
     for page in ("index.html", CHAPTER, LAB, "404.html"):
         assert (built_site / page).is_file(), page
+    for source in (ROOT / "docs").rglob("*"):
+        if source.suffix in (".md", ".py") and source.is_file():
+            rel = source.relative_to(ROOT / "docs").with_suffix("")
+            built = built_site / ("index.html" if rel.name == "index" else rel / "index.html")
+            assert built.is_file(), f"{source} has no page"
+    record_property("site_build_seconds", site_build_seconds)  # printed in the summary
+    record_property("site_page_bytes", page_sizes(built_site))
 
 
 def test_no_page_loads_anything_from_another_host(built_site):
