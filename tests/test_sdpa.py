@@ -81,6 +81,14 @@ def test_float16_dot_products_beyond_65504_stay_finite():
     assert torch.allclose(out.float(), F.scaled_dot_product_attention(x, x, x).float(), atol=1e-3)
 
 
+@pytest.mark.parametrize(("L", "S"), [(0, 3), (3, 0), (0, 0)])
+def test_empty_queries_or_keys_match_torch(L, S):
+    q, k, v = rand(2, L, 4), rand(2, S, 4, seed=1), rand(2, S, 5, seed=2)
+    ours = scaled_dot_product_attention(q, k, v)
+    assert torch.equal(ours, F.scaled_dot_product_attention(q, k, v))
+    assert attention_weights(q, k).shape == (2, L, S)
+
+
 def test_weights_rows_sum_to_one():
     w = attention_weights(rand(3, 4, 8), rand(3, 6, 8, seed=1), is_causal=True)
     assert w.shape == (3, 4, 6)

@@ -184,6 +184,8 @@ def _weights(query, key, attn_mask, is_causal, scale):
 # --8<-- [start:safe_softmax]
 def _safe_softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last axis that gives 0, not NaN, for rows that are all -inf."""
+    if scores.shape[-1] == 0:  # no keys at all: every row is "fully masked"
+        return scores.clone()
     row_max = scores.amax(dim=-1, keepdim=True)  # (..., L, 1)
     dead = torch.isneginf(row_max)  # rows with no key to attend to
     weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1)  # (..., L, S)
