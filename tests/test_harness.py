@@ -180,3 +180,27 @@ def test_unseeded_randomness_is_caught(book):
     result = book("unseeded")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*unseeded.md:3: the Output block at line 9 differs*"])
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        ("sneaky_unclosed", "*sneaky_unclosed.md:10: MkDocs renders a ```python block near here*"),
+        ("sneaky_info", "*sneaky_info.md:3: MkDocs does not render this as a fenced block*"),
+        ("sneaky_snippet", "*sneaky_snippet.md:3: a snippet include outside a package-source*"),
+        ("sneaky_front_matter", "*sneaky_front_matter.md:6: the python block prints output but*"),
+        ("sneaky_separator", "*sneaky_separator.md:5: the python block prints output but*"),
+        ("sneaky_section", "*sneaky_section.md:3: the section 'src/attnbook/demo.py:fenced' holds "
+                           "a fence line*"),
+        ("sneaky_section", "*sneaky_section.md:7: the include 'src/attnbook/demo.py::3' names no "
+                           "section*"),
+    ],
+)
+def test_blocks_that_mkdocs_renders_cannot_hide_from_the_harness(book, page, expected):
+    # Each page shows a Python block on the site by a route the scanner alone could miss
+    # (found by trying to break the harness). Every one must fail, naming file and line.
+    (book.path / "snips").mkdir(exist_ok=True)
+    (book.path / "snips" / "part.md").write_text('```python\nprint("hidden")\n```\n')
+    result = book(page)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([expected])

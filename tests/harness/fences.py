@@ -34,6 +34,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkdocs.utils.meta import get_data
 from pytest_codeblocks import extract_from_buffer
 
 #: Languages of fences that are shown but never executed.
@@ -48,7 +49,7 @@ OUTPUT_INFO = 'text title="Output"'
 
 _OPEN = re.compile(r"^(?P<prefix>[ \t>]*?)(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 # A pymdownx.snippets include line (not the escaped ``;--8<--`` form).
-SNIPPET_LINE = re.compile(r"^\s*-{1,}8<-{1,}\s")
+SNIPPET_LINE = re.compile(r"^\s*-{1,}8<-{1,}(\s|$)")
 _INCLUDE = re.compile(r"""^-{1,}8<-{1,}[ \t]+(?P<q>["'])(?P<target>[^"']+)(?P=q)[ \t]*$""")
 _CODEBLOCKS_DIRECTIVE = re.compile(r"<!--[-\s]*(pytest-codeblocks:|pytest\.mark\.)")
 
@@ -72,8 +73,11 @@ class Fence:
 
     @property
     def lang(self) -> str:
+        if self.info.startswith("{"):  # attribute form: ```{ .python title="..." }
+            classes = re.findall(r"(?<![\w-])\.([\w-]+)", self.info)
+            return classes[0].lower() if classes else ""
         first = self.info.split(None, 1)[0] if self.info else ""
-        return first.strip("{}").lstrip(".").lower()
+        return first.lower()
 
     @property
     def where(self) -> str:
@@ -107,9 +111,26 @@ def _looks_like_python(lang: str) -> bool:
     return lang.startswith("py") or "python" in lang
 
 
+def page_lines(text: str) -> list[str]:
+    """The page's lines as Markdown sees them.
+
+    A leading BOM is dropped, only newlines split lines (not the other separators
+    ``str.splitlines`` knows), and YAML front matter, which MkDocs strips, is blanked
+    out, so that line numbers stay those of the file.
+    """
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    body, _ = get_data(text)
+    front = text[: len(text) - len(body)].count("\n") if text.endswith(body) else 0
+    lines[:front] = [""] * front
+    return lines
+
+
 def scan(text: str, path: Path) -> Page:
     """Split ``text`` into fences (CommonMark rules, any indentation) and page problems."""
-    lines = text.splitlines()
+    lines = page_lines(text)
     fences: list[Fence] = []
     problems: list[tuple[int, str]] = []
     i = 0
@@ -169,6 +190,12 @@ def _bare_expressions(code: str) -> list[int]:
 
 def _classify_one(fence: Fence, previous: Fence | None) -> None:
     if fence.reason:  # already rejected by the scanner
+        return
+    if not _looks_like_python(fence.lang) and any(
+        SNIPPET_LINE.match(line) for line in fence.body.splitlines()
+    ):
+        fence.reason = ("a snippet include inside a shown fence puts unchecked text on the page; "
+                        "include package code only in a ```python title=\"...\" fence")
         return
     lang, rest = fence.lang, fence.info[len(fence.info.split(None, 1)[0]):] if fence.info else ""
     if not fence.info:
@@ -241,7 +268,7 @@ def _only_blank_between(lines: list[str], after: int, before: int) -> bool:
 def classify(text: str, path: Path) -> Page:
     """Scan ``text`` and give every fence its kind (see the module docstring)."""
     page = scan(text, path)
-    lines = text.splitlines()
+    lines = page_lines(text)
     previous: Fence | None = None
     for fence in page.fences:
         prev = previous
@@ -261,7 +288,7 @@ def _cross_check_with_codeblocks(text: str, page: Page) -> None:
     line blanked, line numbers kept). If it still reads a block differently from
     this module, the block is rejected rather than run in an uncertain form.
     """
-    lines = text.splitlines()
+    lines = page_lines(text)
     keep = set()
     runs = [f for f in page.fences if f.kind == "run"]
     for fence in runs:

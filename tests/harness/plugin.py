@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from .fences import OUTPUT_INFO, Fence, classify
+from .rendered import reconcile
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
 _updates = pytest.StashKey[dict]()
@@ -66,7 +67,9 @@ class BookPage(pytest.File):
 
     def collect(self):
         rel = _relative(self.config, self.path)
-        page = classify(self.path.read_text(encoding="utf-8"), rel)
+        text = self.path.read_text(encoding="utf-8")
+        page = classify(text, rel)
+        reconcile(page, self.config.rootpath, text)
         for line, message in page.problems:
             yield Rejected.from_parent(self, name=f"line {line} rejected", line=line,
                                        message=message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import markdown
 import yaml
 
 SNIPPETS = "pymdownx.snippets"
+SECTION_NAME = re.compile(r"[a-z][-_0-9a-z]*")  # pymdownx.snippets' own rule for section names
+FENCE_LINE = re.compile(r"^[ \t>]*(`{3,}|~{3,})")
 
 
 class _IgnoreTags(yaml.SafeLoader):
@@ -20,9 +23,14 @@ _IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 @cache
+def mkdocs_config(root: Path) -> dict:
+    """``root/mkdocs.yml`` as plain data (tags such as ``!!python/name:`` become None)."""
+    return yaml.load((root / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_IgnoreTags) or {}
+
+
 def snippet_config(root: Path) -> dict:
     """The pymdownx.snippets options from ``root/mkdocs.yml``, with paths made absolute."""
-    config = yaml.load((root / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_IgnoreTags)
+    config = mkdocs_config(root)
     options: dict = {}
     for entry in config.get("markdown_extensions") or []:
         if isinstance(entry, dict) and SNIPPETS in entry:
@@ -45,7 +53,7 @@ def expand(root: Path, target: str) -> list[str]:
 def check_include(root: Path, target: str, attrs: dict[str, str]) -> str | None:
     """Return what is wrong with a package-source include, or None if it is sound."""
     file_part, _, section = target.partition(":")
-    if not section or section[0].isdigit():
+    if not SECTION_NAME.fullmatch(section):
         return (f"the include {target!r} names no section: write "
                 f"--8<-- \"{file_part}:SECTION\" and mark the section in the file with "
                 "# --8<-- [start:SECTION] ... # --8<-- [end:SECTION]")
@@ -60,4 +68,8 @@ def check_include(root: Path, target: str, attrs: dict[str, str]) -> str | None:
         return f"the include {target!r} does not resolve: {err}"
     if not any(line.strip() for line in lines):
         return f"the include {target!r} resolves to an empty section"
+    fence = next((line for line in lines if FENCE_LINE.match(line)), None)
+    if fence is not None:
+        return (f"the section {target!r} holds a fence line ({fence.strip()!r}), which would end "
+                "the page's fence early and turn the rest into page content")
     return None
