@@ -204,3 +204,28 @@ def test_blocks_that_mkdocs_renders_cannot_hide_from_the_harness(book, page, exp
     result = book(page)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([expected])
+
+
+def test_blocks_end_like_scripts_threads_atexit_and_finalisers(book):
+    book("shutdown").assert_outcomes(passed=1)
+
+
+def test_control_characters_in_output_are_refused(book):
+    result = book("control")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*control.md:3: the python block prints control characters ('\\r')*"])
+
+
+def test_refresh_writes_fence_like_output_safely(book):
+    book("tricky_output", args=("--update-outputs",)).assert_outcomes(passed=1)
+    page = (book.path / "docs/chapters/tricky_output.md").read_text()
+    assert '````text title="Output"\n> ```\n```\n````' in page
+    book("tricky_output", copy=False).assert_outcomes(passed=1)
+
+
+def test_refresh_keeps_crlf_line_endings(book):
+    source = (FIXTURES / "changed_output.md").read_bytes().replace(b"\n", b"\r\n")
+    target = book.path / "docs/chapters/changed_output.md"
+    target.write_bytes(source)
+    book("changed_output", copy=False, args=("--update-outputs",)).assert_outcomes(passed=1)
+    assert target.read_bytes() == source.replace(b"0.6666", b"0.6667")

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.harness.fences import scan
+
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "docs" / "labs").glob("*.py"))
 
@@ -26,6 +28,18 @@ def test_lab_is_a_percent_format_text_notebook(lab):
     assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
     assert all(cell.cell_type in ("markdown", "code") for cell in notebook.cells)
     assert not any(cell.get("outputs") for cell in notebook.cells), "a text notebook holds no outputs"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.name)
+def test_lab_markdown_cells_hold_no_python_fences(lab):
+    # mkdocs-jupyter renders them as highlighted Python, but only code cells are run.
+    notebook = jupytext.read(lab)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            page = scan(cell.source, lab)
+            python = [f for f in page.fences if f.lang.startswith("py") or "python" in f.lang]
+            assert not python, f"{lab.name}: a markdown cell holds a ```{python[0].info} fence; " \
+                               "make it a code cell"
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.name)

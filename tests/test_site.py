@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
@@ -80,6 +82,17 @@ def test_every_page_is_built(built_site, site_build_seconds, record_property):
             assert built.is_file(), f"{source} has no page"
     record_property("site_build_seconds", site_build_seconds)  # printed in the summary
     record_property("site_page_bytes", page_sizes(built_site))
+
+
+def test_every_page_mkdocs_renders_is_collected_by_the_harness():
+    from mkdocs.utils import markdown_extensions
+
+    pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*")
+                   if p.is_file() and p.name.endswith(tuple(markdown_extensions)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                           "no:xdist", "docs"], cwd=ROOT, capture_output=True, text=True)
+    collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
+    assert pages and set(pages) <= collected, set(pages) - collected
 
 
 def test_no_page_loads_anything_from_another_host(built_site):

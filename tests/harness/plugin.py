@@ -22,11 +22,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mkdocs.utils import markdown_extensions
 
 from .fences import OUTPUT_INFO, Fence, classify
 from .rendered import reconcile
 
 ZYGOTE = Path(__file__).with_name("zygote.py")
+#: Every suffix MkDocs renders as a Markdown page.
+MARKDOWN_SUFFIXES = tuple(markdown_extensions)
 _updates = pytest.StashKey[dict]()
 
 
@@ -50,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     docs = parent.config.rootpath / parent.config.getini("book_docs_dir")
-    if file_path.suffix == ".md" and file_path.is_relative_to(docs):
+    if file_path.suffix in MARKDOWN_SUFFIXES and file_path.is_relative_to(docs):
         return BookPage.from_parent(parent, path=file_path)
     return None
 
@@ -153,7 +156,8 @@ class RunBlock(_Item):
         fence = self.fence
         timeout = float(self.config.getini("book_block_timeout"))
         result = RUNNER.run(
-            code=fence.body, filename=str(self.path), line=fence.line + 1, timeout=timeout
+            code=fence.body, filename=str(_relative(self.config, self.path)), line=fence.line + 1,
+            timeout=timeout,
         )
         actual = result["output"]
         if actual and not actual.endswith("\n"):
@@ -167,6 +171,11 @@ class RunBlock(_Item):
         expected = fence.output.body if fence.output else ""
         if actual == expected:
             return
+        odd = sorted({repr(c) for c in actual if c not in "\n\t" and (c < " " or c == "\x7f")})
+        if odd:
+            raise BlockFailure(f"{self.where}: the python block prints control characters "
+                               f"({', '.join(odd)}) that a page cannot show as printed; print "
+                               f"plain text. What it printed: {actual!r}")
         if self.config.getoption("update_outputs"):
             self.config.stash[_updates].setdefault(self.path, []).append((fence, actual))
             return
@@ -239,7 +248,7 @@ atexit.register(RUNNER.close)
 
 
 def _fence_text(indent: str, output: str) -> list[str]:
-    longest = max((len(m) for m in re.findall(r"^\s*(`{3,})", output, re.M)), default=2)
+    longest = max((len(m) for m in re.findall(r"^[ \t>]*(`{3,})", output, re.M)), default=2)
     ticks = "`" * max(3, longest + 1)
     body = [indent + line if line else line for line in output.splitlines()]
     return [f"{indent}{ticks}{OUTPUT_INFO}", *body, f"{indent}{ticks}"]
@@ -247,7 +256,11 @@ def _fence_text(indent: str, output: str) -> list[str]:
 
 def rewrite_outputs(path: Path, changes: list[tuple[Fence, str]]) -> None:
     """Replace, add or remove the Output block after each changed runnable fence."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    raw = path.read_bytes().decode("utf-8")  # read_text would hide CRLF line endings
+    newline = "\r\n" if "\r\n" in raw else "\n"
+    lines = raw.replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     for fence, actual in sorted(changes, key=lambda c: c[0].line, reverse=True):
         indent = fence.indent
         new = _fence_text(indent, actual) if actual else []
@@ -258,7 +271,7 @@ def rewrite_outputs(path: Path, changes: list[tuple[Fence, str]]) -> None:
             lines[start:stop] = new
         elif new:
             lines[fence.end_line:fence.end_line] = ["", *new]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_bytes((newline.join(lines) + newline).encode("utf-8"))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

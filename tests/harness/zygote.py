@@ -59,9 +59,17 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
+    import atexit
+    import linecache
+    import threading
+
     status = 0
+    # Tracebacks name the page by its path in the repository, and show its lines.
+    source = "\n" * (request["line"] - 1) + request["code"]
+    linecache.cache[request["filename"]] = (len(source), None, source.splitlines(True),
+                                            request["filename"])
     try:
-        code = compile("\n" * (request["line"] - 1) + request["code"], request["filename"], "exec")
+        code = compile(source, request["filename"], "exec")
         exec(code, main.__dict__)
     except SystemExit as stop:
         status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -71,6 +79,16 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
         tb = err.__traceback__.tb_next if err.__traceback__ else None
         traceback.print_exception(type(err), err, tb)
         status = 1
+    try:  # shut down as an interpreter does: join threads, run atexit, clear __main__
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        main.__dict__.clear()
+        import gc
+
+        gc.collect()
+    except BaseException as err:  # noqa: BLE001
+        traceback.print_exception(type(err), err, err.__traceback__)
+        status = status or 1
     try:
         sys.stdout.flush()
         sys.stderr.flush()
