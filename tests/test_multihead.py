@@ -125,6 +125,8 @@ def test_grouped_query_heads_use_repeat_interleave():
          ValueError, r"key_mask must have shape \(B, S\) = \(2, 5\)"),
         (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), is_causal=True,
                                            attn_mask=causal_mask(5)), ValueError, "not both"),
+        (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), attn_mask=torch.ones(4, 5, dtype=torch.bool)),
+         ValueError, r"attn_mask of shape \(4, 5\) does not broadcast to \(B, H, L, S\) \(2, 4, 5, 5\)"),
         (lambda: MultiHeadAttention.from_torch(nn.Linear(2, 2)), TypeError, "MultiheadAttention"),
         (lambda: MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True)),
          ValueError, "add_bias_kv"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbook._checks import require_floating, require_ndim, require_tensor
+from attnbook._checks import broadcast_shape, require_floating, require_ndim, require_tensor
 from attnbook.attention import _weights, causal_mask
 
 __all__ = ["MultiHeadAttention"]
@@ -77,6 +77,10 @@ class MultiHeadAttention(nn.Module):
                              f"length S, got {tuple(query.shape)}, {tuple(key.shape)} and "
                              f"{tuple(value.shape)}")
         B, S = key.shape[:2]
+        if attn_mask is not None:
+            require_tensor("attn_mask", attn_mask)
+            broadcast_shape("attn_mask", tuple(attn_mask.shape),
+                            (B, self.num_heads, query.shape[1], S), "(B, H, L, S)")
         if key_mask is not None:
             require_tensor("key_mask", key_mask)
             if key_mask.dtype != torch.bool:
