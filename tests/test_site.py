@@ -140,6 +140,14 @@ def test_math_is_rendered_to_mathml_at_build_time(built_site):
     assert "\\(" not in visible and "\\[" not in visible and "$$" not in visible
 
 
+def test_no_raw_tex_in_any_page_text(built_site):
+    # Math in headings reaches the table of contents unconverted, so it is checked too.
+    for page in pages(built_site):
+        text = page.read_text(encoding="utf-8")
+        visible = re.sub(r"<[^>]+>", "", re.sub(r"<(script|style).*?</\1>", "", text, flags=re.S))
+        assert "\\(" not in visible and "\\[" not in visible, page.relative_to(built_site)
+
+
 def _section(path: Path, name: str) -> str:
     source = path.read_text(encoding="utf-8")
     body = source.split(f"# --8<-- [start:{name}]\n", 1)[1].split(f"# --8<-- [end:{name}]", 1)[0]
