@@ -79,10 +79,6 @@ class Fence:
         first = self.info.split(None, 1)[0] if self.info else ""
         return first.lower()
 
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
-
 
 @dataclass
 class Page:

@@ -44,10 +44,11 @@ def snippet_config(root: Path) -> dict:
     return options
 
 
-def expand(root: Path, target: str) -> list[str]:
+@cache  # the page's source item and the render cross-check both ask for each include
+def expand(root: Path, target: str) -> tuple[str, ...]:
     """The lines MkDocs puts on the page for ``--8<-- "target"``."""
     md = markdown.Markdown(extensions=[SNIPPETS], extension_configs={SNIPPETS: snippet_config(root)})
-    return md.preprocessors["snippet"].run([f'--8<-- "{target}"'])
+    return tuple(md.preprocessors["snippet"].run([f'--8<-- "{target}"']))
 
 
 def check_include(root: Path, target: str, attrs: dict[str, str]) -> str | None:

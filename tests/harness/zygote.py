@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -120,18 +121,12 @@ def _run(request: dict) -> dict:
             chunks.append(data)
     os.close(read_fd)
     _, wait_status = os.waitpid(pid, 0)
-    _remove_tree(workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
     return {
         "output": b"".join(chunks).decode("utf-8", errors="backslashreplace"),
         "status": os.waitstatus_to_exitcode(wait_status),
         "timed_out": timed_out,
     }
-
-
-def _remove_tree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def main() -> None:
