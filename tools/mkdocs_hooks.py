@@ -6,8 +6,10 @@
 2. **Lean notebook pages.** mkdocs-jupyter inlines about 600 KB of CSS into every
    notebook page. The hooks move each inline stylesheet into a shared, content-hashed
    file under ``assets/jupyter/``, linked from the page, so browsers cache it once.
-   Any script the notebook template loads from another host (MathJax, RequireJS) is
-   dropped: the site makes no third-party requests.
+   Plots, which the template embeds as base64 ``data:`` URIs, are written out as
+   content-hashed image files beside the stylesheets, so a page's own HTML stays small
+   however many figures it has. Any script the notebook template loads from another
+   host (MathJax, RequireJS) is dropped: the site makes no third-party requests.
 3. **Output blocks look like output.** Each ```` ```text title="Output" ```` block gets
    the classes ``attnbook-output`` (styled in ``assets/book.css``) and ``no-copy`` (no
    copy button: it is what a block printed, not code to paste).
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import logging
@@ -41,7 +44,11 @@ _OUTPUT_BLOCK = '<div class="language-text highlight"><span class="filename">Out
 _OUTPUT_MARKED = ('<div class="language-text highlight attnbook-output no-copy">'
                   '<span class="filename">Output</span>')
 
+_IMAGE = re.compile(r'src="data:image/(?P<kind>png|jpeg|gif|svg\+xml);base64,(?P<data>[A-Za-z0-9+/=\s]+)"')
+_IMAGE_SUFFIX = {"png": "png", "jpeg": "jpg", "gif": "gif", "svg+xml": "svg"}
+
 _stylesheets: dict[str, str] = {}  # file name -> CSS, collected during the build
+_images: dict[str, bytes] = {}  # file name -> image bytes, collected during the build
 
 
 def _mathml(match: re.Match) -> str:
@@ -72,16 +79,30 @@ def _is_notebook(page) -> bool:
     return page.file.src_uri.endswith((".py", ".ipynb"))
 
 
+def _shared_href(page, name: str) -> str:
+    """The link from ``page`` to ``assets/jupyter/<name>``."""
+    here = page.url if page.url.endswith("/") else posixpath.dirname(page.url)
+    return posixpath.relpath(f"assets/jupyter/{name}", here.rstrip("/") or ".")
+
+
 def _share_stylesheets(content: str, page) -> str:
     def link(match: re.Match) -> str:
         css = match["css"]
         name = hashlib.sha256(css.encode()).hexdigest()[:16] + ".css"
         _stylesheets[name] = css
-        here = page.url if page.url.endswith("/") else posixpath.dirname(page.url)
-        href = posixpath.relpath(f"assets/jupyter/{name}", here.rstrip("/") or ".")
-        return f'<link rel="stylesheet" href="{href}">'
+        return f'<link rel="stylesheet" href="{_shared_href(page, name)}">'
 
     return _STYLE.sub(link, content)
+
+
+def _share_images(content: str, page) -> str:
+    def link(match: re.Match) -> str:
+        data = base64.b64decode(match["data"])
+        name = hashlib.sha256(data).hexdigest()[:16] + "." + _IMAGE_SUFFIX[match["kind"]]
+        _images[name] = data
+        return f'loading="lazy" src="{_shared_href(page, name)}"'
+
+    return _IMAGE.sub(link, content)
 
 
 def _download_button(page) -> str:
@@ -96,6 +117,7 @@ def on_page_content(content: str, page, config, files) -> str:
     if _is_notebook(page):
         content = _SCRIPT.sub(_drop_remote_script, content)
         content = _share_stylesheets(content, page)
+        content = _share_images(content, page)
         head, h1, rest = content.partition("</h1>")  # the button goes under the title
         content = head + h1 + _download_button(page) + rest if h1 else _download_button(page) + content
     return content
@@ -107,6 +129,8 @@ def on_post_build(config) -> None:
     shared.mkdir(parents=True, exist_ok=True)
     for name, css in _stylesheets.items():
         (shared / name).write_text(css, encoding="utf-8")
+    for name, data in _images.items():
+        (shared / name).write_bytes(data)
     docs = Path(config["docs_dir"])
     for lab in sorted((docs / "labs").glob("*.py")):
         target = site / "labs" / lab.stem / f"{lab.stem}.ipynb"

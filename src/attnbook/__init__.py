@@ -12,13 +12,27 @@ from attnbook.attention import (
     self_attention,
 )
 from attnbook.multihead import MultiHeadAttention
+from attnbook.positions import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    alibi_bias,
+    alibi_slopes,
+    apply_rotary,
+    sinusoidal_positions,
+)
 
 __all__ = [
+    "LearnedPositionalEmbedding",
     "MultiHeadAttention",
+    "RotaryEmbedding",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rotary",
     "attention_weights",
     "causal_mask",
     "padding_mask",
     "scaled_dot_product_attention",
     "self_attention",
+    "sinusoidal_positions",
 ]
 __version__ = "0.1.0"
