@@ -229,3 +229,17 @@ def test_refresh_keeps_crlf_line_endings(book):
     target.write_bytes(source)
     book("changed_output", copy=False, args=("--update-outputs",)).assert_outcomes(passed=1)
     assert target.read_bytes() == source.replace(b"0.6666", b"0.6667")
+
+
+def test_blocks_must_paste_at_the_prompt_as_they_run_as_files(book):
+    result = book("repl_paste")
+    result.assert_outcomes(passed=1, failed=4)
+    result.stdout.fnmatch_lines_random([
+        "*repl_paste.md:8: pasted at the >>> prompt, this line would also print its value, "
+        "<torch._C.Generator object at 0x*>, which a script does not*",
+        "*repl_paste.md:25: pasted at the >>> prompt, this line would also print its value, []*",
+        "*repl_paste.md:30: line 33: pasted at the >>> prompt this block breaks here "
+        "(invalid syntax)*add a blank line after the indented block*",
+        "*repl_paste.md:38: line 42: pasted at the >>> prompt this block breaks here "
+        "(unexpected indent)*",
+    ])

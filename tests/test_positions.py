@@ -273,3 +273,48 @@ def test_alibi_errors():
         alibi_bias(4, -1)
     with pytest.raises(ValueError, match="kv_len"):
         alibi_bias(4, 2, 1.5)
+
+
+def test_positions_must_match_x_leading_shape_not_just_broadcast():
+    with pytest.raises(ValueError, match=r"positions of shape \(4, 5\) does not broadcast"):
+        apply_rotary(torch.zeros(5, 8), torch.zeros(4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"positions of shape \(7, 5\)"):
+        apply_rotary(torch.zeros(1, 5, 8), torch.zeros(7, 5, dtype=torch.long))
+    x = randn(2, 3, 5, 8)  # (B, H, L, D), one row of positions per sequence as (B, 1, L)
+    pos = torch.stack([torch.arange(5), torch.arange(5) + 10]).unsqueeze(1)
+    out = apply_rotary(x, pos)
+    assert out.shape == x.shape
+    assert torch.allclose(out[1], apply_rotary(x[1], torch.arange(5) + 10))
+
+
+def test_flags_and_numbers_are_checked():
+    import numpy as np
+
+    with pytest.raises(TypeError, match="interleaved must be True or False"):
+        apply_rotary(torch.zeros(4, 8), interleaved="no")
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        alibi_bias(2, 3, causal="no")
+    with pytest.raises(ValueError, match="base must be a finite number"):
+        sinusoidal_positions(4, 4, base=float("inf"))
+    with pytest.raises(TypeError, match="base must be a float"):
+        apply_rotary(torch.zeros(4, 8), base="10000")
+    with pytest.raises(TypeError, match="dtype must be a floating-point"):
+        alibi_bias(2, 3, dtype=torch.long)
+    assert sinusoidal_positions(np.int64(3), np.int64(4)).shape == (3, 4)
+    assert alibi_bias(2, 3, dtype=torch.float16).dtype == torch.float16
+    emb = LearnedPositionalEmbedding(8, 4)
+    assert emb(torch.zeros(1, 2, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="offset 9 do not fit"):
+        emb(torch.zeros(1, 0, 4), offset=9)
+
+
+def test_rotary_module_precision_devices_and_far_offsets():
+    rope = RotaryEmbedding(16)
+    x = randn(1, 3, 16, dtype=torch.float64)
+    assert torch.allclose(rope(x, offset=5000), apply_rotary(x, torch.arange(5000, 5003)), atol=1e-10)
+    rope.half()  # module casts do not touch the tables
+    y = randn(1, 3, 16)
+    assert torch.allclose(rope(y, offset=7), apply_rotary(y, torch.arange(7, 10)), atol=1e-6)
+    far = rope(y, offset=10**9)  # computed on the fly, no giant table
+    assert torch.allclose(far, apply_rotary(y, torch.arange(10**9, 10**9 + 3)), atol=1e-3)
+    assert max(cos.shape[0] for cos, _ in rope._tables.values()) < 2**17

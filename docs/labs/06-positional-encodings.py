@@ -65,8 +65,10 @@ plt.show()
 
 # %% [markdown]
 # With RoPE, the score between a query and a key that are the same vector, rotated to
-# positions m and n, depends only on m - n. Averaged over random vectors, it decays as
-# the distance grows: the long-term decay that Su et al. (2021, section 3.4.3) describe.
+# positions m and n, depends only on m - n. Averaged over random vectors it is
+# (2/D) sum_i cos(k theta_i) times the mean squared norm of a pair: it tends to fall as
+# the distance k grows, with ripples. Su et al. (2021, section 3.4.3) prove a related
+# upper bound that decays with distance.
 
 # %%
 g = torch.Generator().manual_seed(0)

@@ -15,11 +15,12 @@ positions in the four ways in common use:
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import nn
 
-from attnbook._checks import require_floating, require_tensor
+from attnbook._checks import broadcast_shape, require_floating, require_tensor
 
 __all__ = [
     "LearnedPositionalEmbedding",
@@ -31,8 +32,19 @@ __all__ = [
 ]
 
 
+def _int(name: str, value: object) -> int:
+    """``value`` as an int (Python or NumPy integers), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or isinstance(value, torch.Tensor) and value.ndim:
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {value!r}") from None
+
+
 def _positive_int(name: str, value: object, *, even: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    value = _int(name, value)
+    if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     if even and value % 2:
         raise ValueError(f"{name} must be even (channels are used in pairs), got {value}")
@@ -40,15 +52,24 @@ def _positive_int(name: str, value: object, *, even: bool = False) -> int:
 
 
 def _non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    value = _int(name, value)
+    if value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     return value
 
 
 def _check_base(base: object) -> float:
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-        raise ValueError(f"base must be a number greater than 1, got {base!r}")
+    if isinstance(base, bool) or not isinstance(base, (int, float)):
+        raise TypeError(f"base must be a float, got {type(base).__name__}")
+    if not 1 < base < math.inf:
+        raise ValueError(f"base must be a finite number greater than 1, got {base!r}")
     return float(base)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 # --8<-- [start:sinusoidal]
@@ -62,8 +83,8 @@ def sinusoidal_positions(length: int, dim: int, base: float = 10000.0) -> torch.
     Returns:
         A float32 ``(length, dim)`` tensor; ``dim`` must be even.
     """
-    _non_negative_int("length", length)
-    _positive_int("dim", dim, even=True)
+    length = _non_negative_int("length", length)
+    dim = _positive_int("dim", dim, even=True)
     base = _check_base(base)
     position = torch.arange(length, dtype=torch.float64).unsqueeze(1)  # (length, 1)
     frequency = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
@@ -100,30 +121,28 @@ class LearnedPositionalEmbedding(nn.Module):
         require_floating("x", x)
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (B, L, {self.dim}), got {tuple(x.shape)}")
-        _non_negative_int("offset", offset)
+        offset = _non_negative_int("offset", offset)
         end = offset + x.shape[1]
         if end > self.max_len:
+            where = f"positions {offset}..{end - 1}" if x.shape[1] else f"offset {offset}"
             raise ValueError(
-                f"positions {offset}..{end - 1} do not fit: this embedding was built with "
+                f"{where} do not fit: this embedding was built with "
                 f"max_len={self.max_len}, so it has no row for position {self.max_len} or beyond "
                 f"(offset={offset}, length={x.shape[1]})")
-        return x + self.weight[offset:end]  # (B, L, E) + (L, E)
+        return x + self.weight[offset:end].to(x.dtype)  # (B, L, E) + (L, E)
     # --8<-- [end:learned]
 
 
-def _check_positions(positions, length: int, batch_shape: tuple[int, ...]) -> torch.Tensor:
+def _check_positions(positions, length: int, batch_shape: tuple[int, ...], device) -> torch.Tensor:
     require_tensor("positions", positions)
     if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor (torch.long), got {positions.dtype}")
     if positions.ndim == 0 or positions.shape[-1] != length:
         raise ValueError(f"positions must have shape (L,) or (..., L) with L = {length} (the "
                          f"length of x), got shape {tuple(positions.shape)}")
-    try:
-        torch.broadcast_shapes(positions.shape[:-1], batch_shape)
-    except RuntimeError:
-        raise ValueError(f"positions of shape {tuple(positions.shape)} does not broadcast to x's "
-                         f"leading shape {batch_shape + (length,)}") from None
-    return positions
+    broadcast_shape("positions", tuple(positions.shape), batch_shape + (length,),
+                    "x's shape without its last dimension,")
+    return positions.to(device)
 
 
 def _rotary_frequencies(head_dim: int, base: float, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -151,8 +170,10 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, *,
 
     Args:
         x: ``(..., L, D)`` queries or keys, ``D`` even.
-        positions: integer positions, ``(L,)`` or broadcastable ``(..., L)``;
-            defaults to ``0, 1, ..., L - 1``.
+        positions: integer positions, ``(L,)`` or broadcastable to ``x.shape[:-1]``;
+            defaults to ``0, 1, ..., L - 1``. For ``x`` of shape ``(B, H, L, D)`` and
+            one row of positions per sequence, pass ``(B, 1, L)``: a ``(B, L)`` tensor
+            would be matched with the head axis.
         interleaved: ``False`` pairs channel ``i`` with ``i + D/2`` (the "rotate-half"
             layout); ``True`` pairs ``2i`` with ``2i + 1``.
 
@@ -165,11 +186,12 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, *,
         raise ValueError(f"x must have shape (..., L, D), got shape {tuple(x.shape)}")
     _positive_int("head_dim (the last dimension of x)", x.shape[-1], even=True)
     base = _check_base(base)
+    _check_bool("interleaved", interleaved)
     L = x.shape[-2]
     if positions is None:
         positions = torch.arange(L, device=x.device)
     else:
-        _check_positions(positions, L, tuple(x.shape[:-2]))
+        positions = _check_positions(positions, L, tuple(x.shape[:-2]), x.device)
     work = torch.promote_types(x.dtype, torch.float32)  # half precision is rotated in float32
     theta = _rotary_frequencies(x.shape[-1], base, x.device, work)  # (D/2,)
     angle = positions.to(work).unsqueeze(-1) * theta  # (..., L, D/2)
@@ -181,8 +203,10 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, *,
 class RotaryEmbedding(nn.Module):
     """RoPE with cached cos/sin tables: ``forward(x, offset=k)`` rotates ``x`` as positions ``k, k+1, ...``.
 
-    The tables grow on demand and are kept as non-persistent buffers, so they follow
-    ``.to(device)`` but are not saved in the ``state_dict``.
+    The tables are built on first use for the input's device and precision (float32,
+    or float64 for float64 inputs), grow when a longer input arrives, and are not part
+    of the ``state_dict``. Offsets far beyond the table (more than ``2**16`` positions
+    past it) are computed on the fly instead of growing it.
 
     Args:
         head_dim: D, the width of one head's queries and keys (even).
@@ -196,42 +220,50 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.head_dim = _positive_int("head_dim", head_dim, even=True)
         self.base = _check_base(base)
-        self.interleaved = bool(interleaved)
-        self.register_buffer("cos_table", torch.empty(0, head_dim // 2), persistent=False)
-        self.register_buffer("sin_table", torch.empty(0, head_dim // 2), persistent=False)
+        self.interleaved = _check_bool("interleaved", interleaved)
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (device, dtype) -> cos, sin
 
-    def _grow(self, length: int) -> None:
-        size = max(length, 2 * self.cos_table.shape[0], 16)
-        theta = _rotary_frequencies(self.head_dim, self.base, self.cos_table.device)
-        angle = torch.arange(size, device=theta.device, dtype=torch.float32).unsqueeze(-1) * theta
-        self.cos_table, self.sin_table = torch.cos(angle), torch.sin(angle)  # (size, D/2)
+    def _angles(self, start: int, end: int, device, dtype) -> torch.Tensor:
+        theta = _rotary_frequencies(self.head_dim, self.base, device, dtype)  # (D/2,)
+        return torch.arange(start, end, device=device, dtype=dtype).unsqueeze(-1) * theta  # (L, D/2)
+
+    def _cos_sin(self, offset: int, end: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._tables.get((device, dtype), (None, None))
+        size = 0 if cos is None else cos.shape[0]
+        if end > size + 2**16:  # a lone far position: do not build a huge table for it
+            angle = self._angles(offset, end, device, dtype)
+            return torch.cos(angle), torch.sin(angle)
+        if end > size:
+            angle = self._angles(0, max(end, 2 * size, 16), device, dtype)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            self._tables[(device, dtype)] = cos, sin
+        return cos[offset:end], sin[offset:end]  # (L, D/2)
 
     def forward(self, x: torch.Tensor, *, offset: int = 0) -> torch.Tensor:
         require_tensor("x", x)
         require_floating("x", x)
         if x.ndim < 2 or x.shape[-1] != self.head_dim:
             raise ValueError(f"x must have shape (..., L, {self.head_dim}), got {tuple(x.shape)}")
-        _non_negative_int("offset", offset)
-        end = offset + x.shape[-2]
-        if end > self.cos_table.shape[0]:
-            self._grow(end)
-        cos, sin = self.cos_table[offset:end], self.sin_table[offset:end]  # (L, D/2)
-        work = torch.promote_types(x.dtype, torch.float32)
+        offset = _non_negative_int("offset", offset)
+        work = torch.promote_types(x.dtype, torch.float32)  # half precision is rotated in float32
+        cos, sin = self._cos_sin(offset, offset + x.shape[-2], x.device, work)
         return _rotate(x.to(work), cos, sin, self.interleaved).to(x.dtype)
 
 
 # --8<-- [start:alibi_slopes]
 def alibi_slopes(num_heads: int) -> torch.Tensor:
-    """ALiBi's head slopes: a geometric sequence, with the paper's rule for any head count.
+    """ALiBi's head slopes: a geometric sequence, extended to any head count as the authors' code does.
 
     For ``n`` a power of 2 the slopes are ``2^(-8/n), 2^(-16/n), ..., 2^(-8)``. Otherwise
     take the ``m`` slopes of the largest power of 2 ``m < n``, then every other slope of
-    ``2m`` heads for the remaining ``n - m`` (Press et al., 2022, section 3 and their code).
+    ``2m`` heads for the remaining ``n - m``. That rule is the one in the authors'
+    reference code (used by BLOOM and Hugging Face); the paper's text (Press et al.,
+    2022, section 3) states the power-of-2 formula only.
 
     Returns:
         A float32 ``(num_heads,)`` tensor.
     """
-    _positive_int("num_heads", num_heads)
+    num_heads = _positive_int("num_heads", num_heads)
 
     def geometric(n: int) -> list[float]:  # n is a power of 2
         return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
@@ -244,7 +276,7 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
 
 # --8<-- [start:alibi_bias]
 def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, causal: bool = True,
-               device=None) -> torch.Tensor:
+               device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """ALiBi's float bias, ``bias[h, i, j] = -slope_h * |i' - j|``, added to the scores.
 
     Queries are aligned bottom-right, like ``causal_mask``: query ``i`` sits at position
@@ -253,11 +285,13 @@ def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, causal:
     taken both ways.
 
     Returns:
-        A float32 ``(num_heads, q_len, kv_len)`` tensor, to pass as ``attn_mask``.
+        A ``(num_heads, q_len, kv_len)`` tensor of ``dtype``, to pass as ``attn_mask``.
     """
     kv_len = q_len if kv_len is None else kv_len
-    _non_negative_int("q_len", q_len)
-    _non_negative_int("kv_len", kv_len)
+    q_len, kv_len = _non_negative_int("q_len", q_len), _non_negative_int("kv_len", kv_len)
+    _check_bool("causal", causal)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     slopes = alibi_slopes(num_heads).to(device)  # (H,)
     i = torch.arange(q_len, device=device).unsqueeze(-1) + (kv_len - q_len)  # (L, 1)
     j = torch.arange(kv_len, device=device)  # (S,)
@@ -265,5 +299,5 @@ def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, causal:
     bias = slopes.view(-1, 1, 1) * closeness  # (H, L, S)
     if causal:
         bias = bias.masked_fill(j > i, float("-inf"))
-    return bias
+    return bias.to(dtype)
 # --8<-- [end:alibi_bias]

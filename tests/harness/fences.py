@@ -28,6 +28,7 @@ includes, output blocks, rejection of everything it would silently skip).
 from __future__ import annotations
 
 import ast
+import codeop
 import io
 import re
 import shlex
@@ -184,6 +185,25 @@ def _bare_expressions(code: str) -> list[int]:
     ]
 
 
+def _repl_paste_error(code: str) -> tuple[int, str] | None:
+    """Where pasting ``code`` line by line at the ``>>>`` prompt breaks, and why.
+
+    The classic prompt (Python 3.11, the book's minimum) compiles what it has read after
+    every line, as ``code.InteractiveConsole`` does: a blank line ends an indented block,
+    and a dedented line straight after one is a syntax error. Scripts do not mind either.
+    """
+    buffer: list[str] = []
+    for number, line in enumerate(code.splitlines(), start=1):
+        buffer.append(line)
+        try:
+            compiled = codeop.compile_command("\n".join(buffer), "<stdin>", "single")
+        except (SyntaxError, ValueError, OverflowError) as err:
+            return number, err.msg if isinstance(err, SyntaxError) else str(err)
+        if compiled is not None:
+            buffer = []
+    return None
+
+
 def _classify_one(fence: Fence, previous: Fence | None) -> None:
     if fence.reason:  # already rejected by the scanner
         return
@@ -216,6 +236,13 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
                 fence.reason = (f"line {fence.line + bare[0]} is a bare expression: a pasted REPL "
                                 "would echo it but a script prints nothing; wrap it in print()")
                 return
+            paste = _repl_paste_error(fence.body)
+            if paste:
+                fence.reason = (f"line {fence.line + paste[0]}: pasted at the >>> prompt this block "
+                                f"breaks here ({paste[1]}). The prompt ends an indented block at "
+                                "a blank line and needs one before the next unindented line: "
+                                "add a blank line after the indented block, and none inside it")
+                return
             fence.kind = "run"
             return
         if lang == "python" and fence.info.split(None, 1)[0] == "python":
@@ -240,6 +267,9 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
     if lang == "text" and _parse_attrs(rest) == {"title": "Output"}:
         if fence.char != "`" or fence.info != OUTPUT_INFO:
             fence.reason = f"write Output blocks exactly as ```{OUTPUT_INFO}"
+        elif previous is not None and previous.reason and _looks_like_python(previous.lang):
+            fence.reason = (f"this Output block belongs to the rejected block at line "
+                            f"{previous.line}: fix that one first")
         elif previous is None or previous.kind != "run" or previous.output is not None:
             fence.reason = "this Output block does not follow a runnable ```python block"
         else:

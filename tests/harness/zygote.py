@@ -13,7 +13,12 @@ request it forks a child that:
   numbers on every run, and so fails its Output check;
 * runs the block as a script, with stdout and stderr line-buffered into one pipe
   (the order a reader sees in a terminal), tracebacks pointing at the Markdown
-  file and line.
+  file and line;
+* watches every expression statement that the interactive prompt would echo (at
+  the top level and inside loops, ``if``, ``with`` and ``try``, not inside
+  functions): a block pasted at ``>>>`` would also print the value of, say,
+  ``torch.manual_seed(0)``. Such a value fails the block (exit status 3), so the
+  page holds for a reader who pastes as well as for one who runs a file.
 
 The parent answers with one JSON line: ``{"output", "status", "timed_out"}``.
 Nothing a block does can reach the next one: each child exits with ``os._exit``.
@@ -21,6 +26,7 @@ Nothing a block does can reach the next one: each child exits with ``os._exit``.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import select
@@ -31,6 +37,22 @@ import tempfile
 import time
 
 import torch  # noqa: F401  (imported once here, so each child's ``import torch`` is free)
+
+
+_ECHO = "__attnbook_echo__"
+
+
+class _WatchEchoes(ast.NodeTransformer):
+    """Wrap each expression statement the REPL would echo in a call to ``_ECHO``."""
+
+    def visit_Expr(self, node: ast.Expr) -> ast.Expr:
+        call = ast.Call(ast.Name(_ECHO, ast.Load()), [node.value, ast.Constant(node.lineno)], [])
+        return ast.copy_location(ast.Expr(ast.copy_location(call, node.value)), node)
+
+    def _leave_alone(self, node):  # the REPL does not echo inside these
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _leave_alone
 
 
 def _child(request: dict, write_fd: int, workdir: str) -> None:
@@ -64,13 +86,21 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
     import linecache
     import threading
 
+    echoed: list[tuple[int, str]] = []
+
+    def echo(value, line):
+        if value is not None:
+            echoed.append((line, repr(value)))
+
+    setattr(builtins, _ECHO, echo)
     status = 0
     # Tracebacks name the page by its path in the repository, and show its lines.
     source = "\n" * (request["line"] - 1) + request["code"]
     linecache.cache[request["filename"]] = (len(source), None, source.splitlines(True),
                                             request["filename"])
     try:
-        code = compile(source, request["filename"], "exec")
+        tree = ast.fix_missing_locations(_WatchEchoes().visit(ast.parse(source, request["filename"])))
+        code = compile(tree, request["filename"], "exec")
         exec(code, main.__dict__)
     except SystemExit as stop:
         status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -90,6 +120,14 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
     except BaseException as err:  # noqa: BLE001
         traceback.print_exception(type(err), err, err.__traceback__)
         status = status or 1
+    if echoed and not status:
+        line, shown = echoed[0]
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        print(f"{request['filename']}:{line}: pasted at the >>> prompt, this line would also print "
+              f"its value, {shown}, which a script does not; assign it (`_ = ...`) so that both "
+              f"show the same output", file=sys.stderr)
+        status = 3
     try:
         sys.stdout.flush()
         sys.stderr.flush()
