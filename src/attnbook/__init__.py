@@ -11,7 +11,9 @@ from attnbook.attention import (
     scaled_dot_product_attention,
     self_attention,
 )
+from attnbook.feedforward import FeedForward, swiglu_hidden
 from attnbook.multihead import MultiHeadAttention
+from attnbook.norms import LayerNorm, RMSNorm
 from attnbook.positions import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -20,19 +22,37 @@ from attnbook.positions import (
     apply_rotary,
     sinusoidal_positions,
 )
+from attnbook.transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    count_parameters,
+)
 
 __all__ = [
+    "FeedForward",
+    "LayerNorm",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
+    "RMSNorm",
     "RotaryEmbedding",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
     "alibi_bias",
     "alibi_slopes",
     "apply_rotary",
     "attention_weights",
     "causal_mask",
+    "count_parameters",
     "padding_mask",
     "scaled_dot_product_attention",
     "self_attention",
     "sinusoidal_positions",
+    "swiglu_hidden",
 ]
 __version__ = "0.1.0"

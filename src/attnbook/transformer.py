@@ -1,0 +1,582 @@
+"""Transformer blocks: encoder and decoder layers, their stacks, and the encoder-decoder model.
+
+Each class mirrors the torch module of the same name, with torch's argument names and
+defaults, but always batch-first and with attnbook's mask polarity: an attention mask
+is ``True`` where a query may attend, and a key mask ``(B, S)`` is ``True`` at real
+tokens (``False`` at padding).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attnbook._checks import broadcast_shape, require_floating, require_ndim, require_tensor
+from attnbook.feedforward import FeedForward
+from attnbook.multihead import MultiHeadAttention
+from attnbook.norms import LayerNorm, RMSNorm
+
+__all__ = [
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "count_parameters",
+]
+
+
+# --8<-- [start:count_parameters]
+def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
+    """The number of scalars in ``module``'s parameters, ``sum(p.numel() for p in parameters)``.
+
+    A parameter shared by two submodules (tied weights) is counted once. With
+    ``trainable_only``, parameters with ``requires_grad=False`` are left out.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+# --8<-- [end:count_parameters]
+
+
+# Input checks. They name the argument of the public forward() that went wrong, so
+# that a decoder's error says ``memory_key_mask`` rather than the attention's ``key_mask``.
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps):
+    for name, value in (("d_model", d_model), ("nhead", nhead),
+                        ("dim_feedforward", dim_feedforward)):
+        _positive_int(name, value)
+    if d_model % nhead:
+        raise ValueError(f"nhead ({nhead}) must divide d_model ({d_model}): each head gets "
+                         f"d_model / nhead channels")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if isinstance(layer_norm_eps, bool) or not isinstance(layer_norm_eps, (int, float)) \
+            or layer_norm_eps < 0:
+        raise ValueError(f"layer_norm_eps must be a non-negative float, got {layer_norm_eps!r}")
+
+
+def _check_sequence(name, x, d_model, batch=None):
+    require_tensor(name, x)
+    require_floating(name, x)
+    require_ndim(name, x, (3,), f"(B, L, {d_model}) (batch first)")
+    if x.shape[-1] != d_model:
+        raise ValueError(f"{name} must have last dimension d_model = {d_model}, got shape "
+                         f"{tuple(x.shape)}")
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f"{name} must have batch size B = {batch} (that of tgt), got shape "
+                         f"{tuple(x.shape)}")
+
+
+def _check_attn_mask(name, mask, target, causal_name, is_causal):
+    if mask is None:
+        return
+    require_tensor(name, mask)
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(f"{name} must be bool (True = may attend) or floating point (added "
+                        f"to the scores), got {mask.dtype}")
+    broadcast_shape(name, tuple(mask.shape), target, "(B, H, L, S)")
+    if is_causal:
+        raise ValueError(f"pass either {name} or {causal_name}=True, not both")
+
+
+def _check_key_mask(name, mask, B, S):
+    if mask is None:
+        return
+    require_tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be bool (True = real token), got {mask.dtype}")
+    if tuple(mask.shape) != (B, S):
+        raise ValueError(f"{name} must have shape (B, S) = {(B, S)}, got {tuple(mask.shape)}")
+
+
+# Conversions from torch. Each refuses, with the reason, a torch module that the copy
+# could not reproduce exactly.
+
+def _activation_name(activation) -> str:
+    """``"relu"`` or ``"gelu"`` for the activation stored in a torch layer."""
+    if activation is F.relu or activation is torch.relu or isinstance(activation, nn.ReLU):
+        return "relu"
+    if activation is F.gelu or (isinstance(activation, nn.GELU)
+                                and activation.approximate == "none"):
+        return "gelu"
+    if isinstance(activation, nn.GELU):
+        raise ValueError(f"activation nn.GELU(approximate={activation.approximate!r}) has no "
+                         f"counterpart: attnbook's 'gelu' is the exact one")
+    raise ValueError(f"activation {activation!r} has no counterpart in attnbook: from_torch "
+                     f"copies 'relu' and 'gelu' (F.relu, F.gelu, nn.ReLU, nn.GELU) only")
+
+
+def _layer_config(m, norms, attentions) -> dict:
+    """Our layer's constructor arguments for torch's layer ``m``, or an error saying why not."""
+    kind = type(m).__name__
+    if not all(a.batch_first for a in attentions):
+        raise ValueError(f"{kind} has batch_first=False, and attnbook is batch-first only: "
+                         f"build it with batch_first=True")
+    dropouts = {m.dropout.p, m.dropout1.p, m.dropout2.p, *(a.dropout for a in attentions)}
+    dropouts |= {m.dropout3.p} if hasattr(m, "dropout3") else set()
+    if len(dropouts) > 1:
+        raise ValueError(f"{kind}'s dropout probabilities differ ({sorted(dropouts)}); "
+                         f"attnbook's layers use one dropout everywhere")
+    for i, norm in enumerate(norms, 1):
+        if not isinstance(norm, nn.LayerNorm):
+            raise TypeError(f"{kind}.norm{i} must be a torch.nn.LayerNorm, got "
+                            f"{type(norm).__name__}")
+    if len({norm.eps for norm in norms}) > 1:
+        raise ValueError(f"{kind}'s norms have different eps ({[n.eps for n in norms]}); "
+                         f"attnbook's layers have one layer_norm_eps")
+    return dict(d_model=m.linear1.in_features, nhead=attentions[0].num_heads,
+                dim_feedforward=m.linear1.out_features, dropout=m.dropout.p,
+                activation=_activation_name(m.activation), layer_norm_eps=norms[0].eps,
+                norm_first=m.norm_first, bias=m.linear1.bias is not None)
+
+
+def _copy_feedforward(ff: FeedForward, linear1: nn.Linear, linear2: nn.Linear) -> None:
+    with torch.no_grad():
+        for ours, theirs in ((ff.w1, linear1), (ff.w2, linear2)):
+            ours.weight.copy_(theirs.weight)
+            if theirs.bias is not None:
+                ours.bias.copy_(theirs.bias)
+
+
+def _convert_layers(layers, torch_type, our_type) -> nn.ModuleList:
+    if len(layers) == 0:
+        raise ValueError("the torch stack has no layers; attnbook's stacks need at least one")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, torch_type):
+            raise TypeError(f"layers[{i}] must be a torch.nn.{torch_type.__name__}, got "
+                            f"{type(layer).__name__}")
+    ours = [our_type.from_torch(layer) for layer in layers]
+    for i, layer in enumerate(ours[1:], 1):
+        for key, value in layer.config.items():
+            if value != ours[0].config[key]:
+                raise ValueError(f"layers[{i}] differs from layers[0] in {key} ({value!r} vs "
+                                 f"{ours[0].config[key]!r}); attnbook's stacks repeat one "
+                                 f"layer configuration")
+    return nn.ModuleList(ours)
+
+
+def _convert_norm(norm):
+    if norm is None:
+        return None
+    if isinstance(norm, nn.LayerNorm):
+        return LayerNorm.from_torch(norm)
+    if isinstance(norm, nn.RMSNorm):
+        return RMSNorm.from_torch(norm)
+    raise TypeError(f"norm must be None, a torch.nn.LayerNorm or a torch.nn.RMSNorm, got "
+                    f"{type(norm).__name__}")
+
+
+class TransformerEncoderLayer(nn.Module):
+    """One encoder block: self-attention, then a feed-forward network, each with a residual.
+
+    Post-norm (``norm_first=False``, the 2017 paper and torch's default):
+    ``x = norm1(x + attn(x)); x = norm2(x + ff(x))``. Pre-norm (``norm_first=True``):
+    ``x = x + attn(norm1(x)); x = x + ff(norm2(x))``.
+
+    Args:
+        d_model: E, the model width.
+        nhead: H, the number of attention heads; it must divide ``d_model``.
+        dim_feedforward: the hidden width of the feed-forward network.
+        dropout: on the attention weights, on the hidden activations of the
+            feed-forward network, and on each sub-block's output (training mode only).
+        activation: ``"relu"``, ``"gelu"`` (exact) or ``"swiglu"`` (see :class:`FeedForward`).
+        layer_norm_eps: the ``eps`` of both LayerNorms.
+        norm_first: pre-norm if True, post-norm if False.
+        bias: whether the linear layers and the LayerNorms have biases.
+
+    Shapes: ``src`` ``(B, L, E)`` -> ``(B, L, E)``. Unlike torch there is no
+    ``batch_first`` argument: the batch always comes first. ``config`` holds the
+    constructor's arguments as a dict.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps)
+        self.config = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                           dropout=dropout, activation=activation,
+                           layer_norm_eps=layer_norm_eps, norm_first=norm_first, bias=bias)
+        self.d_model, self.nhead, self.norm_first = d_model, nhead, norm_first
+        self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
+        self.ff = FeedForward(d_model, dim_feedforward, activation, bias=bias, dropout=dropout)
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    # --8<-- [start:encoder_layer_forward]
+    def forward(self, src: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """Encode ``src`` ``(B, L, E)`` into a sequence of the same shape.
+
+        ``attn_mask``: bool (True = may attend) or float (added to the scores),
+        broadcastable to ``(B, H, L, L)``. ``key_mask``: ``(B, L)`` bool, True = real
+        token. ``is_causal``: let position ``i`` attend to positions ``<= i`` only.
+        """
+        self._check_inputs(src, attn_mask, key_mask, is_causal)
+        x = src  # (B, L, E) throughout: each sub-block maps (B, L, E) to (B, L, E)
+        if self.norm_first:  # pre-norm: normalise what goes into each sub-block
+            x = x + self._attend(self.norm1(x), attn_mask, key_mask, is_causal)
+            x = x + self._feed_forward(self.norm2(x))
+        else:  # post-norm: normalise each residual sum
+            x = self.norm1(x + self._attend(x, attn_mask, key_mask, is_causal))
+            x = self.norm2(x + self._feed_forward(x))
+        return x
+
+    def _attend(self, x, attn_mask, key_mask, is_causal):
+        out, _ = self.self_attn(x, attn_mask=attn_mask, key_mask=key_mask, is_causal=is_causal)
+        return self.dropout1(out)
+
+    def _feed_forward(self, x):
+        return self.dropout2(self.ff(x))
+    # --8<-- [end:encoder_layer_forward]
+
+    def _check_inputs(self, src, attn_mask, key_mask, is_causal):
+        _check_sequence("src", src, self.d_model)
+        B, L = src.shape[:2]
+        _check_attn_mask("attn_mask", attn_mask, (B, self.nhead, L, L), "is_causal", is_causal)
+        _check_key_mask("key_mask", key_mask, B, L)
+
+    @classmethod
+    def from_torch(cls, m: nn.TransformerEncoderLayer) -> TransformerEncoderLayer:
+        """A copy of ``m`` with its weights, in ``m``'s train/eval mode; outputs match to 1e-5.
+
+        Refused, with the reason: ``batch_first=False``, an activation other than relu
+        or exact gelu, norms other than ``nn.LayerNorm``, and unequal dropouts or eps.
+        """
+        if not isinstance(m, nn.TransformerEncoderLayer):
+            raise TypeError(f"m must be a torch.nn.TransformerEncoderLayer, got "
+                            f"{type(m).__name__}")
+        new = cls(**_layer_config(m, [m.norm1, m.norm2], [m.self_attn]))
+        new.self_attn = MultiHeadAttention.from_torch(m.self_attn)
+        new.norm1, new.norm2 = LayerNorm.from_torch(m.norm1), LayerNorm.from_torch(m.norm2)
+        _copy_feedforward(new.ff, m.linear1, m.linear2)
+        return new.to(m.linear1.weight.dtype).train(m.training)
+
+
+class TransformerDecoderLayer(nn.Module):
+    """One decoder block: causal self-attention, cross-attention to ``memory``, feed-forward.
+
+    Post-norm (``norm_first=False``): ``x = norm1(x + self_attn(x));
+    x = norm2(x + cross_attn(x, memory)); x = norm3(x + ff(x))``. Pre-norm normalises
+    each sub-block's input instead, ``x = x + self_attn(norm1(x))`` and so on;
+    ``memory`` itself is never normalised here (the encoder's final norm does that).
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+        norm_first, bias: as in :class:`TransformerEncoderLayer`.
+
+    Shapes: ``tgt`` ``(B, L, E)``, ``memory`` ``(B, S, E)`` -> ``(B, L, E)``. torch's
+    ``multihead_attn`` is called ``cross_attn`` here.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps)
+        self.config = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                           dropout=dropout, activation=activation,
+                           layer_norm_eps=layer_norm_eps, norm_first=norm_first, bias=bias)
+        self.d_model, self.nhead, self.norm_first = d_model, nhead, norm_first
+        self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
+        self.cross_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
+        self.ff = FeedForward(d_model, dim_feedforward, activation, bias=bias, dropout=dropout)
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    # --8<-- [start:decoder_layer_forward]
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, *,
+                tgt_attn_mask: torch.Tensor | None = None,
+                memory_attn_mask: torch.Tensor | None = None,
+                tgt_key_mask: torch.Tensor | None = None,
+                memory_key_mask: torch.Tensor | None = None,
+                tgt_is_causal: bool = False) -> torch.Tensor:
+        """Decode ``tgt`` ``(B, L, E)`` while reading ``memory`` ``(B, S, E)``.
+
+        ``tgt_attn_mask``: for self-attention, broadcastable to ``(B, H, L, L)``;
+        ``memory_attn_mask``: for cross-attention, broadcastable to ``(B, H, L, S)``;
+        both bool (True = may attend) or float. ``tgt_key_mask`` ``(B, L)`` and
+        ``memory_key_mask`` ``(B, S)``: bool, True = real token. ``tgt_is_causal``:
+        position ``i`` of ``tgt`` attends to positions ``<= i`` only.
+        """
+        self._check_inputs(tgt, memory, tgt_attn_mask, memory_attn_mask, tgt_key_mask,
+                           memory_key_mask, tgt_is_causal)
+        x = tgt  # (B, L, E) throughout
+        if self.norm_first:
+            x = x + self._self_attend(self.norm1(x), tgt_attn_mask, tgt_key_mask, tgt_is_causal)
+            x = x + self._cross_attend(self.norm2(x), memory, memory_attn_mask, memory_key_mask)
+            x = x + self._feed_forward(self.norm3(x))
+        else:
+            x = self.norm1(x + self._self_attend(x, tgt_attn_mask, tgt_key_mask, tgt_is_causal))
+            x = self.norm2(x + self._cross_attend(x, memory, memory_attn_mask, memory_key_mask))
+            x = self.norm3(x + self._feed_forward(x))
+        return x
+
+    def _self_attend(self, x, attn_mask, key_mask, is_causal):
+        out, _ = self.self_attn(x, attn_mask=attn_mask, key_mask=key_mask, is_causal=is_causal)
+        return self.dropout1(out)
+
+    def _cross_attend(self, x, memory, attn_mask, key_mask):  # queries from x, keys from memory
+        out, _ = self.cross_attn(x, memory, memory, attn_mask=attn_mask, key_mask=key_mask)
+        return self.dropout2(out)
+
+    def _feed_forward(self, x):
+        return self.dropout3(self.ff(x))
+    # --8<-- [end:decoder_layer_forward]
+
+    def _check_inputs(self, tgt, memory, tgt_attn_mask, memory_attn_mask, tgt_key_mask,
+                      memory_key_mask, tgt_is_causal):
+        _check_sequence("tgt", tgt, self.d_model)
+        B, L = tgt.shape[:2]
+        _check_sequence("memory", memory, self.d_model, batch=B)
+        S, H = memory.shape[1], self.nhead
+        _check_attn_mask("tgt_attn_mask", tgt_attn_mask, (B, H, L, L), "tgt_is_causal",
+                         tgt_is_causal)
+        _check_attn_mask("memory_attn_mask", memory_attn_mask, (B, H, L, S), "", False)
+        _check_key_mask("tgt_key_mask", tgt_key_mask, B, L)
+        _check_key_mask("memory_key_mask", memory_key_mask, B, S)
+
+    @classmethod
+    def from_torch(cls, m: nn.TransformerDecoderLayer) -> TransformerDecoderLayer:
+        """A copy of ``m`` with its weights, in ``m``'s train/eval mode; outputs match to 1e-5.
+
+        Refused as in :meth:`TransformerEncoderLayer.from_torch`.
+        """
+        if not isinstance(m, nn.TransformerDecoderLayer):
+            raise TypeError(f"m must be a torch.nn.TransformerDecoderLayer, got "
+                            f"{type(m).__name__}")
+        norms = [m.norm1, m.norm2, m.norm3]
+        new = cls(**_layer_config(m, norms, [m.self_attn, m.multihead_attn]))
+        new.self_attn = MultiHeadAttention.from_torch(m.self_attn)
+        new.cross_attn = MultiHeadAttention.from_torch(m.multihead_attn)
+        new.norm1, new.norm2, new.norm3 = (LayerNorm.from_torch(n) for n in norms)
+        _copy_feedforward(new.ff, m.linear1, m.linear2)
+        return new.to(m.linear1.weight.dtype).train(m.training)
+
+
+def _check_stack(layer, layer_type, num_layers, norm):
+    if not isinstance(layer, layer_type):
+        raise TypeError(f"the layer must be an attnbook {layer_type.__name__}, got "
+                        f"{type(layer).__name__}")
+    _positive_int("num_layers", num_layers)
+    if norm is not None and not isinstance(norm, nn.Module):
+        raise TypeError(f"norm must be None or a torch.nn.Module, got {type(norm).__name__}")
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of ``num_layers`` encoder layers, then an optional norm.
+
+    ``x = norm(layer_N(...layer_1(src)))``.
+
+    Args:
+        encoder_layer: a :class:`TransformerEncoderLayer`, copied ``num_layers`` times
+            with ``copy.deepcopy`` as torch does, so all layers start out equal
+            (:class:`Transformer` re-initialises them).
+        num_layers: N, the number of layers.
+        norm: applied to the last layer's output, e.g. a :class:`LayerNorm`. A pre-norm
+            stack needs one: its last residual sum is otherwise never normalised.
+
+    Shapes and masks: as in :meth:`TransformerEncoderLayer.forward`; every layer gets
+    the same masks.
+    """
+
+    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int,
+                 norm: nn.Module | None = None):
+        super().__init__()
+        _check_stack(encoder_layer, TransformerEncoderLayer, num_layers, norm)
+        self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
+        self.norm = norm
+
+    # --8<-- [start:encoder_forward]
+    def forward(self, src: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """``(B, L, E) -> (B, L, E)``; masks as in :meth:`TransformerEncoderLayer.forward`."""
+        x = src  # (B, L, E)
+        for layer in self.layers:
+            x = layer(x, attn_mask=attn_mask, key_mask=key_mask, is_causal=is_causal)
+        return x if self.norm is None else self.norm(x)
+    # --8<-- [end:encoder_forward]
+
+    @classmethod
+    def from_torch(cls, m: nn.TransformerEncoder) -> TransformerEncoder:
+        """A copy of ``m``: each layer and the norm (LayerNorm, RMSNorm or None) with weights.
+
+        torch's ``enable_nested_tensor`` and ``mask_check`` only choose a faster kernel
+        and are not copied. That kernel (eval mode, no autograd, a key padding mask)
+        returns 0 at padded positions, before the final norm; this module computes
+        them like any other position, so compare the two at real tokens only.
+        Refused: layers that differ from one another in their configuration, and
+        anything :meth:`TransformerEncoderLayer.from_torch` refuses.
+        """
+        if not isinstance(m, nn.TransformerEncoder):
+            raise TypeError(f"m must be a torch.nn.TransformerEncoder, got {type(m).__name__}")
+        layers = _convert_layers(m.layers, nn.TransformerEncoderLayer, TransformerEncoderLayer)
+        new = cls(layers[0], 1, _convert_norm(m.norm))
+        new.layers = layers
+        return new.train(m.training)
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of ``num_layers`` decoder layers, all reading one ``memory``, then a norm.
+
+    ``x = norm(layer_N(...layer_1(tgt, memory)..., memory))``.
+
+    Args:
+        decoder_layer: a :class:`TransformerDecoderLayer`, deep-copied ``num_layers`` times.
+        num_layers: N, the number of layers.
+        norm: applied to the last layer's output.
+
+    Shapes and masks: as in :meth:`TransformerDecoderLayer.forward`.
+    """
+
+    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int,
+                 norm: nn.Module | None = None):
+        super().__init__()
+        _check_stack(decoder_layer, TransformerDecoderLayer, num_layers, norm)
+        self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
+        self.norm = norm
+
+    # --8<-- [start:decoder_forward]
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, *,
+                tgt_attn_mask: torch.Tensor | None = None,
+                memory_attn_mask: torch.Tensor | None = None,
+                tgt_key_mask: torch.Tensor | None = None,
+                memory_key_mask: torch.Tensor | None = None,
+                tgt_is_causal: bool = False) -> torch.Tensor:
+        """``(B, L, E), (B, S, E) -> (B, L, E)``; masks as in the layer's ``forward``."""
+        x = tgt  # (B, L, E)
+        for layer in self.layers:
+            x = layer(x, memory, tgt_attn_mask=tgt_attn_mask, memory_attn_mask=memory_attn_mask,
+                      tgt_key_mask=tgt_key_mask, memory_key_mask=memory_key_mask,
+                      tgt_is_causal=tgt_is_causal)
+        return x if self.norm is None else self.norm(x)
+    # --8<-- [end:decoder_forward]
+
+    @classmethod
+    def from_torch(cls, m: nn.TransformerDecoder) -> TransformerDecoder:
+        """A copy of ``m``: each layer and the norm with their weights.
+
+        Refused: layers that differ from one another in their configuration, and
+        anything :meth:`TransformerDecoderLayer.from_torch` refuses.
+        """
+        if not isinstance(m, nn.TransformerDecoder):
+            raise TypeError(f"m must be a torch.nn.TransformerDecoder, got {type(m).__name__}")
+        layers = _convert_layers(m.layers, nn.TransformerDecoderLayer, TransformerDecoderLayer)
+        new = cls(layers[0], 1, _convert_norm(m.norm))
+        new.layers = layers
+        return new.train(m.training)
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder of "Attention Is All You Need", on already-embedded sequences.
+
+    ``memory = encoder(src)``, ``output = decoder(tgt, memory)``. The encoder and the
+    decoder each end with a LayerNorm, as in torch's ``nn.Transformer``; token
+    embeddings, positions and the output head are left to the caller, as in torch.
+    Every parameter with two or more dimensions is initialised with
+    ``xavier_uniform_``, as torch does.
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+        norm_first, bias: as in :class:`TransformerEncoderLayer`, shared by all layers.
+        num_encoder_layers, num_decoder_layers: the depths of the two stacks.
+
+    Shapes: ``src`` ``(B, S, E)``, ``tgt`` ``(B, L, E)`` -> ``(B, L, E)``.
+    With torch's defaults it has 44,140,544 parameters, like ``nn.Transformer()``.
+    """
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
+                 norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        _positive_int("num_encoder_layers", num_encoder_layers)
+        _positive_int("num_decoder_layers", num_decoder_layers)
+        config = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
+                      dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
+                      norm_first=norm_first, bias=bias)
+        self.d_model, self.nhead = d_model, nhead
+        self.encoder = TransformerEncoder(TransformerEncoderLayer(**config), num_encoder_layers,
+                                          LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        self.decoder = TransformerDecoder(TransformerDecoderLayer(**config), num_decoder_layers,
+                                          LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        for p in self.parameters():
+            if p.dim() > 1:  # weight matrices; biases and norms keep zeros and ones
+                nn.init.xavier_uniform_(p)
+
+    # --8<-- [start:transformer_forward]
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, *,
+                src_attn_mask: torch.Tensor | None = None,
+                tgt_attn_mask: torch.Tensor | None = None,
+                memory_attn_mask: torch.Tensor | None = None,
+                src_key_mask: torch.Tensor | None = None,
+                tgt_key_mask: torch.Tensor | None = None,
+                memory_key_mask: torch.Tensor | None = None,
+                src_is_causal: bool = False, tgt_is_causal: bool = False) -> torch.Tensor:
+        """Encode ``src`` ``(B, S, E)``, then decode ``tgt`` ``(B, L, E)`` against it.
+
+        ``src_*`` masks go to the encoder's self-attention, ``tgt_*`` to the decoder's,
+        and ``memory_*`` to its cross-attention (see the layers' ``forward``).
+        ``memory_key_mask`` defaults to ``src_key_mask``: the memory's positions are the
+        source's, so padding in ``src`` is not read by the decoder either. (torch has no
+        such default: there, ``memory_key_padding_mask`` must be passed explicitly.)
+        """
+        memory = self.encoder(src, attn_mask=src_attn_mask, key_mask=src_key_mask,
+                              is_causal=src_is_causal)  # (B, S, E)
+        if memory_key_mask is None:
+            memory_key_mask = src_key_mask
+        return self.decoder(tgt, memory, tgt_attn_mask=tgt_attn_mask,
+                            memory_attn_mask=memory_attn_mask, tgt_key_mask=tgt_key_mask,
+                            memory_key_mask=memory_key_mask,
+                            tgt_is_causal=tgt_is_causal)  # (B, L, E)
+    # --8<-- [end:transformer_forward]
+
+    @classmethod
+    def from_torch(cls, m: nn.Transformer) -> Transformer:
+        """A copy of ``m`` with all its weights; outputs match torch's to 1e-5.
+
+        Refused: ``batch_first=False``; a ``custom_encoder`` or ``custom_decoder`` that
+        is not a torch ``TransformerEncoder``/``TransformerDecoder`` ending in a
+        LayerNorm; encoder and decoder layers that differ in configuration; and
+        anything the stacks' ``from_torch`` refuse.
+        """
+        if not isinstance(m, nn.Transformer):
+            raise TypeError(f"m must be a torch.nn.Transformer, got {type(m).__name__}")
+        if not m.batch_first:
+            raise ValueError("nn.Transformer has batch_first=False, and attnbook is batch-first "
+                             "only: build it with batch_first=True")
+        for part, torch_type in (("encoder", nn.TransformerEncoder),
+                                 ("decoder", nn.TransformerDecoder)):
+            stack = getattr(m, part)
+            if not isinstance(stack, torch_type):
+                raise ValueError(f"m.{part} is a {type(stack).__name__}, not a torch.nn."
+                                 f"{torch_type.__name__}: custom stacks are not supported")
+            if not isinstance(stack.norm, nn.LayerNorm):
+                raise ValueError(f"m.{part}.norm is {type(stack.norm).__name__}, not a "
+                                 f"LayerNorm: attnbook's Transformer ends both stacks with one")
+        encoder = TransformerEncoder.from_torch(m.encoder)
+        decoder = TransformerDecoder.from_torch(m.decoder)
+        config = encoder.layers[0].config
+        for key, value in decoder.layers[0].config.items():
+            if value != config[key]:
+                raise ValueError(f"the decoder's layers differ from the encoder's in {key} "
+                                 f"({value!r} vs {config[key]!r}); attnbook's Transformer "
+                                 f"shares one configuration")
+        new = cls(**config, num_encoder_layers=1, num_decoder_layers=1)  # small shell
+        new.encoder, new.decoder = encoder, decoder  # ...whose stacks are then replaced
+        return new.train(m.training)
