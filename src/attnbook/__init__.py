@@ -12,6 +12,8 @@ from attnbook.attention import (
     self_attention,
 )
 from attnbook.feedforward import FeedForward, swiglu_hidden
+from attnbook.generation import KVCache, generate, kv_cache_bytes, sample_next
+from attnbook.gpt import GPT, GPTConfig
 from attnbook.multihead import MultiHeadAttention
 from attnbook.norms import LayerNorm, RMSNorm
 from attnbook.positions import (
@@ -32,6 +34,9 @@ from attnbook.transformer import (
 )
 
 __all__ = [
+    "GPT",
+    "GPTConfig",
+    "KVCache",
     "FeedForward",
     "LayerNorm",
     "LearnedPositionalEmbedding",
@@ -49,7 +54,10 @@ __all__ = [
     "attention_weights",
     "causal_mask",
     "count_parameters",
+    "generate",
+    "kv_cache_bytes",
     "padding_mask",
+    "sample_next",
     "scaled_dot_product_attention",
     "self_attention",
     "sinusoidal_positions",
