@@ -43,9 +43,11 @@ def layer_gradients(norm_first, depth, E=64):
 
 depths = [3, 6, 12, 24, 48]
 kinds = {"post-LN": False, "pre-LN": True}
-profile = {name: layer_gradients(nf, 48) for name, nf in kinds.items()}
-top = {name: [layer_gradients(nf, d)[-1] for d in depths] for name, nf in kinds.items()}
-print({name: round(g[-1] / g[0], 2) for name, g in profile.items()})
+runs = {name: {d: layer_gradients(nf, d) for d in depths} for name, nf in kinds.items()}
+profile = {name: by_depth[48] for name, by_depth in runs.items()}  # every layer of the 48
+top = {name: [by_depth[d][-1] for d in depths] for name, by_depth in runs.items()}
+for name, g in profile.items():
+    print(f"{name}: top layer's gradient / bottom layer's, at 48 layers: {g[-1] / g[0]:.2f}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
