@@ -12,7 +12,14 @@ from attnbook.attention import (
     self_attention,
 )
 from attnbook.feedforward import FeedForward, swiglu_hidden
-from attnbook.generation import KVCache, generate, kv_cache_bytes, sample_next
+from attnbook.generation import (
+    KVCache,
+    generate,
+    kv_cache_bytes,
+    sample_next,
+    top_k_logits,
+    top_p_logits,
+)
 from attnbook.gpt import GPT, GPTConfig
 from attnbook.multihead import MultiHeadAttention
 from attnbook.norms import LayerNorm, RMSNorm
@@ -62,5 +69,7 @@ __all__ = [
     "self_attention",
     "sinusoidal_positions",
     "swiglu_hidden",
+    "top_k_logits",
+    "top_p_logits",
 ]
 __version__ = "0.1.0"
