@@ -11,6 +11,7 @@ from attnbook.attention import (
     scaled_dot_product_attention,
     self_attention,
 )
+from attnbook.efficient import flash_attention, linear_attention, online_softmax, peak_memory_bytes
 from attnbook.feedforward import FeedForward, swiglu_hidden
 from attnbook.generation import (
     KVCache,
@@ -61,9 +62,13 @@ __all__ = [
     "attention_weights",
     "causal_mask",
     "count_parameters",
+    "flash_attention",
     "generate",
     "kv_cache_bytes",
+    "linear_attention",
+    "online_softmax",
     "padding_mask",
+    "peak_memory_bytes",
     "sample_next",
     "scaled_dot_product_attention",
     "self_attention",
