@@ -162,15 +162,38 @@ def scan(text: str, path: Path) -> Page:
             i = j + 1
             continue
         if SNIPPET_LINE.match(line):
-            problems.append((i + 1, "a snippet include outside a package-source fence is not "
-                                    "checked by the harness; include package code only inside "
-                                    "a ```python title=\"...\" fence"))
+            problem = _results_include_problem(line, path)
+            if problem:
+                problems.append((i + 1, problem))
         elif _CODEBLOCKS_DIRECTIVE.search(line):
             problems.append((i + 1, "pytest-codeblocks directives (skip, cont, expected-output, "
                                     "marks) are not used in this book: every block runs alone, "
                                     "and what it prints goes in a ```text title=\"Output\" fence"))
         i += 1
     return Page(path=path, fences=fences, problems=problems)
+
+
+# A generated results table (written by `python -m attnbook.bench`) may be included as
+# prose: a whole line naming a Markdown file under docs/results/ that holds no fences.
+RESULTS_INCLUDE = re.compile(r'^--8<-- "(?P<target>docs/results/[\w.-]+\.md)"$')
+
+
+def _results_include_problem(line: str, path: Path) -> str | None:
+    """Why this snippet line outside a fence is refused, or None for a sound results include."""
+    m = RESULTS_INCLUDE.match(line.strip()) if line == line.lstrip() else None
+    if m is None:
+        return ("a snippet include outside a package-source fence is not checked by the "
+                "harness; include package code only inside a ```python title=\"...\" fence "
+                "(a generated table may be included as a whole line: --8<-- \"docs/results/NAME.md\")")
+    root = next((p for p in path.resolve().parents if (p / "mkdocs.yml").exists()), Path.cwd())
+    target = root / m["target"]
+    if not target.is_file():
+        return f"{m['target']} does not exist: write it with its generator (see CONTRIBUTING.md)"
+    for number, text in enumerate(target.read_text(encoding="utf-8").splitlines(), start=1):
+        if _OPEN.match(text) or SNIPPET_LINE.match(text):
+            return (f"{m['target']}:{number} holds a fence or a snippet line; an included results "
+                    "file must be plain Markdown (tables and text), which the harness need not run")
+    return None
 
 
 def _bare_expressions(code: str) -> list[int]:
