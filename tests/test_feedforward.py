@@ -58,6 +58,22 @@ def test_swiglu_hidden_matches_the_weights_of_a_4x_mlp(d_model):
     assert count(glu) == count(mlp) == 8 * d_model * d_model
 
 
+def test_swiglu_hidden_smallest_widths():
+    assert [swiglu_hidden(d) for d in (2, 3, 4)] == [1, 2, 2]
+    assert swiglu_hidden(2, multiple_of=8) == 8
+
+
+def test_integer_dropout_and_matching_dtypes_are_accepted():
+    ff = FeedForward(8, 32, dropout=0)
+    inp = x(2, 8)
+    assert ff.double()(inp.double()).dtype == torch.float64
+    ff.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the products itself
+        assert ff(inp.bfloat16()).dtype == torch.bfloat16
+        with pytest.raises(TypeError, match="x is float64 but"):  # autocast leaves float64
+            ff(inp.double())
+
+
 def test_dropout_only_in_training():
     ff = FeedForward(8, 32, dropout=0.5)
     inp = x(4, 8)
@@ -81,6 +97,20 @@ def test_dropout_only_in_training():
          "x must have a floating"),
         (lambda: swiglu_hidden(0), ValueError, "d_ff must be a positive int"),
         (lambda: swiglu_hidden(96, multiple_of=0), ValueError, "multiple_of must be a positive"),
+        (lambda: swiglu_hidden(1), ValueError, r"d_ff must be at least 2 .* 2 \* 1 // 3 = 0"),
+        (lambda: swiglu_hidden(1, multiple_of=256), ValueError, "d_ff must be at least 2"),
+        (lambda: FeedForward(8, 32, bias="False"), TypeError, "bias must be a bool, got 'False'"),
+        (lambda: FeedForward(8, 32, bias=1), TypeError, "bias must be a bool, got 1"),
+        (lambda: FeedForward(8, 32, dropout="0.1"), TypeError,
+         "dropout must be a real number in \\[0, 1\\), got str '0.1'"),
+        (lambda: FeedForward(8, 32, dropout=None), TypeError, "dropout must be a real number"),
+        (lambda: FeedForward(8, 32, dropout=True), TypeError, "dropout must be a real number"),
+        (lambda: FeedForward(8, 32, dropout=float("nan")), ValueError, "dropout must be in"),
+        (lambda: FeedForward(8, 32)(x(2, 8).double()), TypeError,
+         r"x is float64 but the FeedForward's weights are float32; convert one with \.to"),
+        (lambda: FeedForward(8, 32).double()(x(2, 8)), TypeError,
+         "x is float32 but the FeedForward's weights are float64"),
+        (lambda: FeedForward(8, 32, "swiglu")(x(2, 8).half()), TypeError, "x is float16 but"),
     ],
 )
 def test_bad_input(call, error, message):

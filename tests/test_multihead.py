@@ -81,6 +81,30 @@ def test_fully_padded_query_rows_give_finite_outputs():
     assert torch.isfinite(out).all() and torch.equal(w, torch.zeros_like(w))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("need_weights", [False, True])  # our softmax, or torch's fused kernel
+@pytest.mark.parametrize("masked", ["key_mask", "bool attn_mask", "float attn_mask"])
+def test_fully_masked_rows_give_out_proj_bias_and_finite_gradients(masked, need_weights, dtype):
+    _, ours = pair()
+    ours.to(dtype)
+    q = x(2, 3, 16).to(dtype).requires_grad_()
+    allowed = torch.ones(2, 3, dtype=torch.bool)
+    allowed[1] = False  # sequence 1: every key masked
+    if masked == "key_mask":
+        kwargs, dead = dict(key_mask=allowed), (1, slice(None))
+    else:
+        rows = torch.ones(3, 3, dtype=torch.bool)
+        rows[0] = False  # query 0 of every sequence: no key
+        zeros = torch.zeros(3, 3).masked_fill(~rows, float("-inf"))
+        kwargs = dict(attn_mask=rows if masked == "bool attn_mask" else zeros)
+        dead = (slice(None), 0)
+    out, _ = ours(q, need_weights=need_weights, **kwargs)
+    out.float().pow(2).sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+    assert torch.equal(out[dead], ours.out_proj.bias.expand_as(out[dead]))  # attention gave 0
+
+
 def test_dropout_only_in_training():
     m = MultiHeadAttention(16, 4, dropout=0.5)
     q = x(2, 5, 16)
@@ -127,6 +151,9 @@ def test_grouped_query_heads_use_repeat_interleave():
                                            attn_mask=causal_mask(5)), ValueError, "not both"),
         (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), attn_mask=torch.ones(4, 5, dtype=torch.bool)),
          ValueError, r"attn_mask of shape \(4, 5\) does not broadcast to \(B, H, L, S\) \(2, 4, 5, 5\)"),
+        (lambda: MultiHeadAttention(16, 4, dropout="0.1"), TypeError,
+         "dropout must be a real number in .*, got str '0.1'"),
+        (lambda: MultiHeadAttention(16, 4, dropout=None), TypeError, "dropout must be a real"),
         (lambda: MultiHeadAttention.from_torch(nn.Linear(2, 2)), TypeError, "MultiheadAttention"),
         (lambda: MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True)),
          ValueError, "add_bias_kv"),

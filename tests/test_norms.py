@@ -64,6 +64,19 @@ def test_half_precision_keeps_dtype_and_is_close(cls, dtype):
     assert torch.allclose(out.float(), norm(inp), atol=2e-2)
 
 
+@pytest.mark.parametrize("cls", [LayerNorm, RMSNorm])
+@pytest.mark.parametrize("weights", [torch.float32, torch.float64])
+@pytest.mark.parametrize("inputs", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_any_float_input_with_any_weights(cls, weights, inputs):
+    """The output has the input's dtype; the weights are cast to the computing dtype."""
+    norm = perturbed(cls(8)).to(weights)
+    inp = x(3, 8, dtype=torch.float64).to(inputs)
+    out = norm(inp)
+    work = torch.float32 if inputs in (torch.float16, torch.bfloat16) else inputs
+    expected = perturbed(cls(8)).to(work)(inp.to(work)).to(inputs)  # same weights, cast to work
+    assert out.dtype == inputs and torch.equal(out, expected)
+
+
 @settings(max_examples=25, deadline=None)
 @given(width=st.integers(2, 16), seed=st.integers(0, 1000), scale=st.floats(0.1, 100.0))
 def test_property_statistics(width, seed, scale):
@@ -79,7 +92,12 @@ def test_property_statistics(width, seed, scale):
     ("call", "error", "message"),
     [
         (lambda: LayerNorm(0), ValueError, "dim must be a positive int, got 0"),
-        (lambda: RMSNorm(8, eps=-1.0), ValueError, "eps must be a non-negative float"),
+        (lambda: RMSNorm(8, eps=-1.0), ValueError, "eps must be a non-negative finite float"),
+        (lambda: LayerNorm(8, eps=float("nan")), ValueError, "eps must be a non-negative finite"),
+        (lambda: RMSNorm(8, eps=float("inf")), ValueError, "eps must be a non-negative finite"),
+        (lambda: LayerNorm(8, eps="1e-5"), TypeError, "eps must be a real number, got str"),
+        (lambda: LayerNorm(8, bias="False"), TypeError, "bias must be a bool, got 'False'"),
+        (lambda: LayerNorm(8, bias=0), TypeError, "bias must be a bool, got 0"),
         (lambda: LayerNorm(8)(x(2, 4)), ValueError,
          r"x must have shape \(\.\.\., 8\), got shape \(2, 4\)"),
         (lambda: RMSNorm(8)(torch.ones(2, 8, dtype=torch.long)), TypeError,

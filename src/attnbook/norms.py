@@ -2,9 +2,18 @@
 
 Both act on the last dimension only, so a ``(B, L, E)`` sequence is normalised one
 position at a time: every token vector gets its own statistics.
+
+Dtypes: unlike the layers with matrix products (which require their input to have the
+weights' dtype), a norm accepts any floating-point input whatever its weights' dtype. It
+computes in the input's dtype, or in float32 for float16 and bfloat16 inputs, casts its
+weights to that dtype, and returns the input's dtype. So a float32 norm can sit in a
+half-precision model, and its output always has the dtype of what came in.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 from torch import nn
@@ -19,8 +28,15 @@ _HALF = (torch.float16, torch.bfloat16)
 def _check_dim(dim, eps):
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__} {eps!r}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a non-negative finite float, got {eps!r}")
+
+
+def _require_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _check_input(x, dim):
@@ -50,16 +66,20 @@ class LayerNorm(nn.Module):
 
     Args:
         dim: E, the width of the last dimension.
-        eps: added to the variance, so that a constant vector does not divide by 0.
+        eps: added to the variance, so that a constant vector does not divide by 0;
+            finite and ``>= 0``.
         bias: whether to learn the shift ``bias`` (the scale ``weight`` is always learnt).
 
-    Shapes: ``x`` ``(..., E)``; the output has the same shape. ``weight`` and ``bias``
-    are ``(E,)``, initialised to ones and zeros, so a fresh layer only standardises.
+    Shapes: ``x`` ``(..., E)``; the output has the same shape and dtype. ``weight`` and
+    ``bias`` are ``(E,)``, initialised to ones and zeros, so a fresh layer only
+    standardises. ``x`` may have any floating dtype (see the module's docstring):
+    float16 and bfloat16 are computed in float32.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
         super().__init__()
         _check_dim(dim, eps)
+        _require_bool("bias", bias)
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
@@ -106,10 +126,11 @@ class RMSNorm(nn.Module):
 
     Args:
         dim: E, the width of the last dimension.
-        eps: added to the mean square.
+        eps: added to the mean square; finite and ``>= 0``.
 
-    Shapes: ``x`` ``(..., E)``; the output has the same shape; ``weight`` is ``(E,)``,
-    initialised to ones.
+    Shapes: ``x`` ``(..., E)``; the output has the same shape and dtype; ``weight`` is
+    ``(E,)``, initialised to ones. ``x`` may have any floating dtype, as for
+    :class:`LayerNorm`.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6):
