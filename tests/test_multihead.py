@@ -141,6 +141,7 @@ def test_grouped_query_heads_use_repeat_interleave():
     [
         (lambda: MultiHeadAttention(10, 3), ValueError, r"num_heads \(3\) must divide embed_dim \(10\)"),
         (lambda: MultiHeadAttention(16, 4, num_kv_heads=3), ValueError, "num_kv_heads"),
+        (lambda: MultiHeadAttention(16, 4, num_kv_heads=True), ValueError, "num_kv_heads"),
         (lambda: MultiHeadAttention(16, 4)(x(5, 16)), ValueError, r"query must have shape \(B, L, 16\)"),
         (lambda: MultiHeadAttention(16, 4)(x(2, 5, 8)), ValueError, "query must have last dimension 16"),
         (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), key_mask=torch.ones(2, 5)), TypeError,

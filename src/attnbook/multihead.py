@@ -40,7 +40,8 @@ class MultiHeadAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        if not isinstance(num_kv_heads, int) or num_kv_heads <= 0 or num_heads % num_kv_heads:
+        if (isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int) or num_kv_heads <= 0
+                or num_heads % num_kv_heads):
             raise ValueError(f"num_kv_heads ({num_kv_heads!r}) must be a positive int that "
                              f"divides num_heads ({num_heads})")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
