@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -20,20 +21,30 @@ def site_build_seconds(built_site, pytestconfig) -> float:
 
 
 @pytest.fixture(scope="session")
-def built_site(tmp_path_factory, pytestconfig) -> Path:
-    """Build the whole site (lab notebooks executed by a real kernel) into a temp folder."""
-    site = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        pytest.fail(f"mkdocs build --strict failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
-                    pytrace=False)
-    pytestconfig.stash[_site_key] = seconds
+def built_site(tmp_path_factory, pytestconfig, worker_id) -> Path:
+    """Build the whole site (lab notebooks executed by a real kernel) into a temp folder.
+
+    Under xdist the workers share one build: the first to arrive builds it, under a file
+    lock, and the others wait and reuse it.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        base = base.parent  # the folder all workers of this run share
+    site, done = base / "site", base / "site.seconds"
+    with open(base / "site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+            )
+            if proc.returncode != 0:
+                pytest.fail(f"mkdocs build --strict failed ({proc.returncode}):\n{proc.stdout}\n"
+                            f"{proc.stderr}", pytrace=False)
+            done.write_text(str(time.perf_counter() - start))
+    pytestconfig.stash[_site_key] = float(done.read_text())
     return site
 
 

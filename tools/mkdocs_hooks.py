@@ -15,6 +15,13 @@
    copy button: it is what a block printed, not code to paste).
 4. **Notebooks to download.** Every lab (a jupytext ``.py`` file) is also written as
    an ``.ipynb`` next to its page, with a download button at the top of the page.
+5. **Lighter code blocks.** Pygments wraps every name and every run of spaces in a
+   ``<span>``; Material colours names like plain code and spaces not at all, so those
+   spans are unwrapped. A code-heavy chapter loses about a fifth of its HTML, and looks
+   the same.
+6. **The attention explorer's data.** ``assets/explorer/attention.json`` is computed
+   from the real pretrained model (``attnbook.pretrained.attention_maps``) at every
+   build, so the explorer page always shows what the model really does.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ _OUTPUT_MARKED = ('<div class="language-text highlight attnbook-output no-copy">
 
 _IMAGE = re.compile(r'src="data:image/(?P<kind>png|jpeg|gif|svg\+xml);base64,(?P<data>[A-Za-z0-9+/=\s]+)"')
 _IMAGE_SUFFIX = {"png": "png", "jpeg": "jpg", "gif": "gif", "svg+xml": "svg"}
+
+# Names (n) are drawn in --md-code-hl-name-color, which Material sets to the code colour
+# itself, and whitespace (w) has no style: unwrapping them changes nothing on screen.
+_PLAIN_SPAN = re.compile(r'<span class="(?:n|w)">([^<]*)</span>')
 
 _stylesheets: dict[str, str] = {}  # file name -> CSS, collected during the build
 _images: dict[str, bytes] = {}  # file name -> image bytes, collected during the build
@@ -114,6 +125,7 @@ def _download_button(page) -> str:
 def on_page_content(content: str, page, config, files) -> str:
     content = _MATH.sub(_mathml, content)
     content = content.replace(_OUTPUT_BLOCK, _OUTPUT_MARKED)
+    content = _PLAIN_SPAN.sub(r"\1", content)
     if _is_notebook(page):
         content = _SCRIPT.sub(_drop_remote_script, content)
         content = _share_stylesheets(content, page)
@@ -123,8 +135,39 @@ def on_page_content(content: str, page, config, files) -> str:
     return content
 
 
+EXPLORER_SENTENCES = [
+    "The cat sat on the mat because it was soft.",
+    "The cat sat on the mat because it was hungry.",
+    "The animal didn't cross the street because it was too tired.",
+]
+_explorer_json: list[str] = []  # computed once per process (mkdocs serve rebuilds often)
+
+
+def explorer_data() -> str:
+    """The explorer's JSON: tokens and ``[layer][head][query][key]`` weights per sentence."""
+    if not _explorer_json:
+        import json
+
+        from attnbook.pretrained import attention_maps
+
+        sentences = []
+        for text in EXPLORER_SENTENCES:
+            tokens, weights = attention_maps(text)  # (layers, H, L, L)
+            sentences.append({"text": text, "tokens": tokens,
+                              "weights": weights.round(decimals=4).tolist()})
+        layers, heads = weights.shape[:2]
+        data = {"model": "all-MiniLM-L6-v2", "layers": layers, "heads": heads,
+                "sentences": sentences}
+        _explorer_json.append(json.dumps(data, separators=(",", ":")))
+    return _explorer_json[0]
+
+
 def on_post_build(config) -> None:
     site = Path(config["site_dir"])
+    if (Path(config["docs_dir"]) / "explorer.md").exists():
+        explorer = site / "assets" / "explorer"
+        explorer.mkdir(parents=True, exist_ok=True)
+        (explorer / "attention.json").write_text(explorer_data(), encoding="utf-8")
     shared = site / "assets" / "jupyter"
     shared.mkdir(parents=True, exist_ok=True)
     for name, css in _stylesheets.items():
