@@ -59,12 +59,13 @@ class Row:
             return "" if b is None else f"{b / 2**20:,.1f} MiB"
 
         return [self.case, f"{self.ours_ms:.2f}", f"{self.baseline_ms:.2f}", f"{self.ratio:.2f}",
-                f"{self.spread[0]:.2f}–{self.spread[1]:.2f}",
+                f"{self.spread[0]:.2f}–{self.spread[1]:.2f}", f"{1 / self.ratio:.1f}×",
                 "" if self.roof_pct is None else f"{self.roof_pct:.0f}%",
                 mib(self.ours_peak), mib(self.baseline_peak)]
 
 
-HEADER = ["case", "attnbook ms", "baseline ms", "ratio", "ratio IQR", "% of matmul roof",
+HEADER = ["case", "attnbook ms", "baseline ms", "ratio", "ratio IQR", "baseline / attnbook",
+          "% of matmul roof",
           "attnbook peak", "baseline peak"]
 
 
@@ -230,13 +231,16 @@ def machine() -> dict:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    """A Markdown table of ``rows``, without the columns that are empty in every row."""
+    cells = [row.cells() for row in rows]
+    keep = [i for i in range(len(HEADER)) if any(c[i] for c in cells)]
+    lines = ["| " + " | ".join(HEADER[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(c[i] for i in keep) + " |" for c in cells]
     return "\n".join(lines)
 
 
-def describe(info: dict, roof: float, quick: bool) -> str:
-    return (f"Measured by `python -m attnbook.bench{' --quick' if quick else ''}` on "
+def describe(info: dict, roof: float, quick: bool, case: str = "") -> str:
+    return (f"Measured by `python -m attnbook.bench{' --quick' if quick else ''} {case}` on "
             f"{info['date']}: torch {info['torch']}, {info['threads']} threads, {info['cpu']}; "
             f"matmul roof {roof:.0f} GFLOP/s (float32). Ratio = attnbook time / baseline time, "
             f"the median over interleaved pairs; below 1 means attnbook is faster.")
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "cases": cases}, indent=1) + "\n")
         for name, rows in results.items():
             (out / f"bench-{name}.md").write_text(
-                describe(info, roof, args.quick) + "\n\n" + table(rows) + "\n", encoding="utf-8")
+                describe(info, roof, args.quick, name) + "\n\n" + table(rows) + "\n",
+                encoding="utf-8")
         print(f"wrote {path} and {', '.join(f'bench-{n}.md' for n in results)} in {out}")
 
 
