@@ -169,16 +169,18 @@ def _weights(query, key, attn_mask, is_causal, scale):
     _check_mask(attn_mask, is_causal, query.dtype, target)
     scale = 1.0 / math.sqrt(E) if scale is None else scale
     work = torch.float32 if query.dtype in _HALF else query.dtype  # half: compute in float32
-    q, k = query.to(work), key.to(work)
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., L, S)
-    if is_causal:
-        attn_mask = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask.to(work)
-    return _safe_softmax(scores).to(query.dtype)
+    q, k = query.to(work) * scale, key.to(work)  # scaling q costs L*E, not L*S
+    scores = q @ k.transpose(-2, -1)  # (..., L, S)
+    if is_causal:  # top-left: row i keeps keys 0..i, so never loses every key
+        causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is None:  # no mask, or a causal one: every row keeps a key
+        return torch.softmax(scores, dim=-1).to(query.dtype)
+    if attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    else:
+        scores = scores + attn_mask.to(work)
+    return _safe_softmax(scores).to(query.dtype)  # a mask may leave a row with no key
 
 
 # --8<-- [start:safe_softmax]
