@@ -76,7 +76,8 @@ def test_every_page_is_built(built_site, site_build_seconds, record_property):
     for page in ("index.html", CHAPTER, LAB, "404.html"):
         assert (built_site / page).is_file(), page
     for source in (ROOT / "docs").rglob("*"):
-        if source.suffix in (".md", ".py") and source.is_file():
+        if (source.suffix in (".md", ".py") and source.is_file()
+                and ROOT / "docs" / "results" not in source.parents):  # tables, not pages
             rel = source.relative_to(ROOT / "docs").with_suffix("")
             built = built_site / ("index.html" if rel.name == "index" else rel / "index.html")
             assert built.is_file(), f"{source} has no page"
@@ -87,8 +88,11 @@ def test_every_page_is_built(built_site, site_build_seconds, record_property):
 def test_every_page_mkdocs_renders_is_collected_by_the_harness():
     from mkdocs.utils import markdown_extensions
 
+    excluded = ROOT / "docs" / "results"  # generated tables: exclude_docs, included as text
     pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*")
-                   if p.is_file() and p.name.endswith(tuple(markdown_extensions)))
+                   if p.is_file() and p.name.endswith(tuple(markdown_extensions))
+                   and excluded not in p.parents
+                   and re.search(r"^[ \t>]*(```|~~~)", p.read_text(encoding="utf-8"), re.M))
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
                            "no:xdist", "docs"], cwd=ROOT, capture_output=True, text=True)
     collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}

@@ -117,8 +117,9 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Both curves start just below the uniform guess, ln V, and pass the bigram within the
-# first 100 or so steps: learning which characters follow which is the easy part, and
+# Both curves start just below the uniform guess, ln V. The validation curve passes the
+# bigram's validation loss by step 100 or so (the training curve passes the bigram's
+# training loss, 2.491, soon after): learning which characters follow which is the easy part, and
 # the remaining fall is what 32 characters of context buy. Most of the progress comes
 # early, while the learning rate is high, and the curves flatten as the cosine schedule
 # brings it towards zero at step 1,000. The batch losses scatter widely around the
