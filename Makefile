@@ -15,7 +15,8 @@ help:
 	@echo "make chapter PAGE=...    test one page, e.g. PAGE=docs/chapters/01-self-attention.md"
 	@echo "make refresh [PAGE=...]  rewrite Output blocks from a real run (review with git diff)"
 	@echo "make build               the strict site build alone, into site/"
-	@echo "make bench               benchmarks against the torch reference (ratios, same run)"
+	@echo "make bench [ARGS=--quick] benchmarks against torch (interleaved ratios); rewrites the"
+	@echo "                          tables in docs/results/ that chapters 15 and 17 include"
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "attnbook needs Python 3.11 or newer (set PYTHON=...)")'
@@ -55,4 +56,4 @@ clean:
 	rm -rf $(VENV) site .cache .pytest_cache .hypothesis
 
 bench: $(STAMP)
-	$(BIN)/python -m attnbook.bench
+	$(BIN)/python -m attnbook.bench $(ARGS)

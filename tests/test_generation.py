@@ -175,9 +175,57 @@ def test_cache_update_checks():
         cache.update(0, torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
     with pytest.raises(ValueError, match="layer 0 caches"):
         cache.update(0, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+    with pytest.raises(TypeError, match="layer 0 caches torch.float32, got key in torch.float64"):
+        cache.update(0, torch.zeros(1, 2, 1, 4).double(), torch.zeros(1, 2, 1, 4).double())
+    cache.update(1, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
     branch = cache.copy()
-    branch.update(0, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    for layer in (0, 1):
+        branch.update(layer, torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
     assert (cache.keys[0].shape[2], branch.keys[0].shape[2]) == (3, 5)
+    assert (cache.length, branch.length) == (3, 5)
+
+
+def test_cache_key_and_value_must_match_from_the_first_update():
+    cache = KVCache(1)
+    with pytest.raises(TypeError, match="key and value must share one dtype, got torch.float32 "
+                                        "and torch.float16"):
+        cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4).half())
+    with pytest.raises(ValueError, match="key and value must be on one device, got cpu and meta"):
+        cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4, device="meta"))
+    with pytest.raises(ValueError, match="key and value must have one shape"):
+        cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 2, 4))
+    assert cache.length == 0 and cache.keys == [None]
+
+
+def test_cache_layers_must_hold_as_many_tokens():
+    kv = torch.zeros(1, 2, 3, 4)
+    cache = KVCache(2)
+    with pytest.raises(ValueError, match="layer 1 would hold 3 tokens after this update, but "
+                                         "layer 0 holds 0: update the layers in order, 0 to 1"):
+        cache.update(1, kv, kv)
+    cache.update(0, kv, kv)
+    with pytest.raises(ValueError, match="layer 1 would hold 1 tokens after this update, but "
+                                         "layer 0 holds 3"):
+        cache.update(1, kv[:, :, :1], kv[:, :, :1])
+    with pytest.raises(ValueError, match="layer 0 caches batch size 1, got key of batch size 2 "
+                                         "for layer 1"):
+        cache.update(1, torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 3, 4))
+    # layer 0 again before layer 1 caught up: the last forward stopped part-way
+    with pytest.raises(ValueError, match=r"the layers hold different numbers of tokens, \[3, 0\]: "
+                                         r"a forward stopped part-way"):
+        cache.update(0, kv, kv)
+    cache.update(1, kv, kv)
+    cache.update(0, kv, kv)  # a complete round, then a new one
+    assert cache.length == 6
+
+
+def test_a_model_forward_that_failed_part_way_is_caught_at_the_next():
+    m = model()
+    cache = KVCache(2)
+    m(tokens(1, 3), kv_cache=cache)
+    cache.update(0, *(t[:, :, -1:] for t in (cache.keys[0], cache.values[0])))  # layer 0 only
+    with pytest.raises(ValueError, match=r"the layers hold different numbers of tokens, \[4, 3\]"):
+        m(tokens(1, 1), kv_cache=cache)
 
 
 # --- sampling ----------------------------------------------------------------------------
@@ -278,8 +326,14 @@ def test_generate_refuses_bad_arguments(kwargs, error, match):
 
 def test_generate_refuses_bad_prompts():
     m = model()
-    with pytest.raises(ValueError, match="T=25, longer than block_size=24"):
-        generate(m, tokens(1, 25), 1, use_cache=False)
+    with pytest.raises(ValueError, match="T=25, longer than block_size=24; pass use_cache=False"):
+        generate(m, tokens(1, 25), 1)
+    with pytest.raises(ValueError, match=r"idx must hold at least one prompt \(B >= 1\), got "
+                                         r"shape \(0, 4\)"):
+        generate(m, torch.zeros(0, 4, dtype=torch.long), 2)
+    with pytest.raises(TypeError, match=r"idx must hold integer token ids \(torch.long, or "
+                                        r"torch.int32\), got torch.uint8"):
+        generate(m, tokens(1, 3).to(torch.uint8), 1)
     with pytest.raises(ValueError, match=r"idx holds token ids in \[0, 40\], outside the "
                                          r"vocabulary \[0, 37\)"):
         generate(m, torch.tensor([[0, 40]]), 1)
@@ -293,6 +347,122 @@ def test_generate_refuses_bad_prompts():
         generate(lambda x: x, tokens(1, 3), 1)
 
 
-def test_zero_new_tokens_returns_the_prompt():
+def test_zero_new_tokens_returns_a_copy_of_the_prompt():
     prompt = tokens(2, 5)
-    assert torch.equal(generate(model(), prompt, 0), prompt)
+    for use_cache in (True, False):
+        out = generate(model(), prompt, 0, use_cache=use_cache)
+        assert torch.equal(out, prompt)
+        assert out is not prompt and out.data_ptr() != prompt.data_ptr()
+        out[0, 0] += 1  # the caller's prompt does not change
+        assert not torch.equal(out, prompt)
+
+
+def test_generate_without_cache_crops_a_long_prompt():
+    # as the docstring says: without the cache the context is the last block_size tokens
+    m = model(block_size=8)
+    prompt = tokens(2, 11)
+    out = generate(m, prompt, 3, temperature=0, use_cache=False)
+    assert out.shape == (2, 14) and torch.equal(out[:, :11], prompt)
+    assert torch.equal(out[:, 11:], generate(m, prompt[:, -8:], 3, temperature=0,
+                                             use_cache=False)[:, 8:])
+    with pytest.raises(ValueError, match="T=11, longer than block_size=8"):
+        generate(m, prompt, 3)  # the cache needs every position
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(use_cache=1), TypeError, "use_cache must be a bool, got int 1"),
+    (dict(use_cache=None), TypeError, "use_cache must be a bool, got NoneType"),
+    (dict(generator=0), TypeError, "generator must be a torch.Generator or None, got int"),
+    (dict(temperature=True), TypeError, "temperature must be a number, got bool"),
+    (dict(top_p=True), TypeError, "top_p must be a number, got bool"),
+    (dict(top_k=True), TypeError, "top_k must be an int, got bool"),
+])
+def test_generate_refuses_arguments_of_the_wrong_type(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        generate(model(), tokens(1, 4), 2, **kwargs)
+
+
+def test_generator_must_be_on_the_logits_device():
+    logits = torch.zeros(1, 3, device="meta")  # any device other than the generator's
+    with pytest.raises(ValueError, match="generator must be on the device of the logits, meta, "
+                                         "got a generator on cpu"):
+        sample_next(logits, generator=torch.Generator())
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None"):
+        sample_next(torch.zeros(1, 3), generator=7)
+
+
+def test_numpy_scalars_are_numbers_too():
+    np = pytest.importorskip("numpy")
+    m = model()
+    prompt = tokens(2, 4)
+
+    def run(**kwargs):
+        return generate(m, prompt, kwargs.pop("n", 5),
+                        generator=torch.Generator().manual_seed(3), **kwargs)
+
+    expected = run(temperature=0.5, top_k=5, top_p=0.75)
+    assert torch.equal(run(temperature=np.float64(0.5), top_k=np.int64(5),
+                           top_p=np.float64(0.75), n=np.int64(5)), expected)
+    assert torch.equal(run(temperature=np.float32(0.5), top_k=np.int32(5),
+                           top_p=np.float32(0.75)), expected)
+    greedy = generate(m, prompt, 5, temperature=0)
+    assert torch.equal(run(temperature=np.float32(0), n=np.int8(5)), greedy)
+    with pytest.raises(TypeError, match="top_k must be an int, got bool"):
+        generate(m, prompt, 2, top_k=np.bool_(True))
+    with pytest.raises(TypeError, match="max_new_tokens must be an int, got float64"):
+        generate(m, prompt, np.float64(2.0))
+    assert torch.equal(top_k_logits(torch.tensor([[1.0, 3.0, 2.0]]), np.int64(1)),
+                       torch.tensor([[-torch.inf, 3.0, -torch.inf]]))
+    assert kv_cache_bytes(np.int64(2), 2, 8, 4) == kv_cache_bytes(2, 2, 8, 4)
+    assert type(kv_cache_bytes(np.int64(2), 2, 8, 4)) is int
+
+
+# --- extreme settings: never NaN ----------------------------------------------------------
+
+@pytest.mark.parametrize("logits, temperature, allowed", [
+    # the float32 temperature used to round to 0: the top logit became 0 / 0
+    ([[1.0, 3.0, 2.0]], 1e-46, {1}),
+    ([[1.0, 3.0, 2.0]], 1e-300, {1}),
+    ([[1.0, 3.0, 3.0]], 1e-300, {1, 2}),  # a tie stays a tie
+    # the float32 temperature used to round to inf: -inf / inf is NaN
+    ([[0.0, 1.0, -torch.inf]], 1e39, {0, 1}),
+    ([[0.0, 1.0, -torch.inf]], 1e308, {0, 1}),
+])
+def test_sample_next_takes_any_positive_temperature(logits, temperature, allowed):
+    rows = torch.tensor(logits).expand(200, -1)
+    draws = sample_next(rows, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == allowed  # a huge temperature is uniform over the finite ones
+
+
+@pytest.mark.parametrize("logits, allowed", [
+    ([[1e300, 0.0]], {0}),  # became [inf, 0] in float32, then inf - inf
+    ([[-1e300, -1e300]], {0, 1}),  # became [-inf, -inf]: a row with no finite entry
+    ([[-1e300, -1e300 + 1e285, -torch.inf]], {1}),
+    ([[1e300, -1e300]], {0}),
+])
+def test_sample_next_shifts_float64_logits_before_float32(logits, allowed):
+    rows = torch.tensor(logits, dtype=torch.float64).expand(200, -1)
+    for kwargs in (dict(), dict(top_k=2), dict(top_p=0.9), dict(temperature=1e-300)):
+        draws = sample_next(rows, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert set(draws.tolist()) <= allowed, kwargs
+    assert set(sample_next(rows, generator=torch.Generator().manual_seed(0)).tolist()) == allowed
+
+
+def test_filters_refuse_nan_and_inf():
+    for bad in (float("nan"), float("inf")):
+        logits = torch.tensor([[0.0, bad, 1.0]])
+        with pytest.raises(ValueError, match="logits must be finite or -inf, got NaN or \\+inf"):
+            top_k_logits(logits, 1)  # NaN used to be kept as the top entry
+        with pytest.raises(ValueError, match="logits must be finite or -inf, got NaN or \\+inf"):
+            top_p_logits(logits, 0.5)  # used to return a row of -inf only
+    with pytest.raises(ValueError, match="every row of logits needs at least one finite entry"):
+        top_p_logits(torch.full((2, 3), -torch.inf), 0.5)
+
+
+def test_top_p_of_one_keeps_every_token():
+    logits = torch.tensor([[0.0, 0.0, -20.0], [0.0, -30.0, -torch.inf]])
+    assert torch.equal(top_p_logits(logits, 1.0), logits)  # float32 cumsum reached 1.0 at 2
+    assert top_p_logits(logits, 1.0) is not logits
+    # just under 1: the float64 running sum still sees the third token's 1e-9
+    assert torch.equal(top_p_logits(logits[:1], 1 - 1e-10), logits[:1])
+    assert torch.isneginf(top_p_logits(logits[:1], 0.99)[0, 2])

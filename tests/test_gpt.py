@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from attnbook.attention import causal_mask
 from attnbook.feedforward import swiglu_hidden
 from attnbook.generation import KVCache
-from attnbook.gpt import GPT, CausalSelfAttention, GPTConfig
+from attnbook.gpt import GPT, Block, CausalSelfAttention, GPTConfig
+from attnbook.positions import alibi_bias
 from attnbook.transformer import count_parameters
 
 
@@ -49,9 +50,16 @@ def tokens(*shape, vocab=37, seed=1):
     (dict(norm="batchnorm"), ValueError, "norm must be one of 'layernorm', 'rmsnorm'"),
     (dict(mlp="relu"), ValueError, "mlp must be one of 'gelu', 'swiglu'"),
     (dict(vocab_size=0), ValueError, "vocab_size must be a positive int"),
-    (dict(block_size=8.0), ValueError, "block_size must be a positive int"),
-    (dict(n_layer=True), ValueError, "n_layer must be a positive int"),
-    (dict(dropout=1.0), ValueError, "dropout must be a float in"),
+    (dict(block_size=-3), ValueError, "block_size must be a positive int"),
+    # wrong types are TypeError, wrong values ValueError, as in generation.py
+    (dict(block_size=8.0), TypeError, "block_size must be an int, got float 8.0"),
+    (dict(n_layer=True), TypeError, "n_layer must be an int, got bool"),
+    (dict(n_layer="2"), TypeError, "n_layer must be an int, got str '2'"),
+    (dict(n_kv_head=2.0), TypeError, "n_kv_head must be an int"),
+    (dict(positions=5), TypeError, "positions must be a str, one of 'learned'"),
+    (dict(dropout="0.1"), TypeError, "dropout must be a float, got str"),
+    (dict(dropout=1.0), ValueError, r"dropout must be a float in \[0, 1\)"),
+    (dict(dropout=float("nan")), ValueError, r"dropout must be a float in \[0, 1\)"),
     (dict(bias=1), TypeError, "bias must be a bool"),
     (dict(tie_weights="yes"), TypeError, "tie_weights must be a bool"),
     (dict(n_head=32, positions="rope"), ValueError, "even head_dim"),
@@ -75,6 +83,23 @@ def test_gpt2_sizes_and_overrides():
     assert (xl.n_layer, xl.n_head, xl.n_embd, xl.dropout) == (48, 25, 1600, 0.1)
     with pytest.raises(ValueError, match="size must be one of 'small', 'medium', 'large', 'xl'"):
         GPTConfig.gpt2("tiny")
+    with pytest.raises(ValueError, match=r"n_head \(5\) must divide n_embd \(768\)"):
+        GPTConfig.gpt2("small", n_head=5)  # overrides are checked like any field
+
+
+def test_config_is_frozen_and_replace_checks_again():
+    c = tiny()
+    with pytest.raises(dataclasses.FrozenInstanceError, match="n_head"):
+        c.n_head = 5
+    with pytest.raises(dataclasses.FrozenInstanceError, match="positions"):
+        c.positions = "rotary"
+    assert (c.n_head, c.positions) == (4, "learned")  # nothing changed
+    assert dataclasses.replace(c, n_head=8).head_dim == 4
+    with pytest.raises(ValueError, match=r"n_head \(5\) must divide n_embd \(32\)"):
+        dataclasses.replace(c, n_head=5)
+    with pytest.raises(ValueError, match="positions must be one of"):
+        dataclasses.replace(c, positions="rotary")
+    assert hash(c) == hash(tiny())  # frozen and equal: usable as a dict key
 
 
 # --- parameters --------------------------------------------------------------------------
@@ -233,3 +258,91 @@ def test_forward_refuses_bad_cache():
 def test_config_type_is_checked():
     with pytest.raises(TypeError, match="config must be a GPTConfig"):
         GPT(dataclasses.asdict(tiny()))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.bool,
+                                   torch.float16])
+def test_forward_refuses_token_ids_nn_embedding_cannot_read(dtype):
+    with pytest.raises(TypeError, match=r"idx must hold integer token ids \(torch.long, or "
+                                        rf"torch.int32\), got {dtype}"):
+        model()(tokens(1, 3).to(dtype))
+
+
+def test_forward_takes_int32_token_ids():
+    m = model()
+    x = tokens(2, 5)
+    assert torch.equal(m(x.int()), m(x))
+
+
+# --- the mask of CausalSelfAttention and Block --------------------------------------------
+
+def test_block_refuses_a_missing_mask_for_several_tokens():
+    # None used to mean "no mask": position 0 then saw the future, silently
+    torch.manual_seed(0)
+    block = Block(tiny()).eval()
+    x = torch.randn(2, 5, 32)
+    with pytest.raises(ValueError, match=r"mask may be None only for one new token \(T=1\).* "
+                                         r"got T=5: pass .* = causal_mask\(5, 5\)"):
+        block(x, None)
+    one = x[:, :1]  # (B, 1, E): a single token sees every key, so None means all True
+    assert torch.equal(block(one, None), block(one, causal_mask(1)))
+
+
+def test_attention_refuses_a_float_mask_unless_alibi():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(tiny()).eval()
+    x = torch.randn(1, 4, 32)
+    for float_mask in (causal_mask(4).float(), torch.zeros(4, 4)):  # 0/1 would be a bias
+        with pytest.raises(TypeError, match=r"mask must be bool \(True = may attend\), got "
+                                            r"torch.float32: a float mask would be added"):
+            attn(x, float_mask)
+    with pytest.raises(ValueError, match=r"mask must have shape \(T, S\) = \(4, 4\), got \(4, 5\)"):
+        attn(x, causal_mask(4, 5))
+    with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
+        attn(x, [[True]])
+    with pytest.raises(ValueError, match="mask must be on x's device"):
+        attn(x, causal_mask(4, device="meta"))
+
+
+def test_alibi_attention_needs_its_float_bias():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(tiny(positions="alibi")).eval()
+    x = torch.randn(1, 4, 32)
+    assert attn(x, alibi_bias(4, 4)).shape == (1, 4, 32)
+    for mask in (None, causal_mask(4)):  # either would drop the position bias silently
+        with pytest.raises(TypeError, match="with positions='alibi', mask must be the float "
+                                            r"bias alibi_bias\(H, T, S\)"):
+            attn(x, mask)
+    with pytest.raises(ValueError, match=r"mask must have shape \(H, T, S\) = \(4, 4, 4\), "
+                                         r"got \(4, 4\)"):
+        attn(x, alibi_bias(4, 4)[0])
+    with pytest.raises(TypeError, match="mask .* must have x's dtype torch.float32, got "
+                                        "torch.float64"):
+        attn(x, alibi_bias(4, 4, dtype=torch.float64))
+
+
+def test_block_refuses_x_that_is_not_b_t_e():
+    torch.manual_seed(0)
+    block = Block(tiny()).eval()
+    with pytest.raises(ValueError, match=r"x must have shape \(B, T, E\) with E=32, got \(5, 32\)"):
+        block(torch.randn(5, 32), causal_mask(5))
+    with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+        block.attn(torch.zeros(1, 2, 32, dtype=torch.long), causal_mask(2))
+
+
+def test_attention_checks_the_cache_offset_and_layer():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(tiny(positions="rope")).eval()
+    cache = KVCache(2)
+    attn(torch.randn(1, 3, 32), causal_mask(3), kv_cache=cache, layer=0)
+    # the keys so far are for positions 0-2: the next token is at offset 3, not 0
+    with pytest.raises(ValueError, match="offset must be the number of tokens cached in "
+                                         "layer 0, 3, got 0"):
+        attn(torch.randn(1, 1, 32), None, kv_cache=cache, layer=0)
+    with pytest.raises(ValueError, match=r"mask must have shape \(T, S\) = \(2, 5\), got \(2, 2\)"):
+        attn(torch.randn(1, 2, 32), causal_mask(2), kv_cache=cache, layer=0, offset=3)
+    with pytest.raises(ValueError, match="layer must be < n_layer=2, got 2"):
+        attn(torch.randn(1, 1, 32), None, kv_cache=cache, layer=2, offset=3)
+    with pytest.raises(TypeError, match="offset must be an int"):
+        attn(torch.randn(1, 1, 32), None, offset=1.0)
+    assert cache.length == 3  # refused calls append nothing

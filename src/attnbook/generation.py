@@ -14,6 +14,8 @@ The model is a :class:`attnbook.gpt.GPT` or anything with the same ``config`` fi
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 import torch
 
@@ -23,11 +25,34 @@ __all__ = ["KVCache", "generate", "kv_cache_bytes", "sample_next", "top_k_logits
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    """``value`` as a Python int: any integral number (``int``, ``numpy.int64``), not a bool."""
+    if type(value) is not int:  # the common case first: this runs at every decoding step
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        value = operator.index(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _check_real(name: str, value: object) -> float:
+    """``value`` as a Python float: any real number (``float``, ``numpy.float32``), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _check_token_ids(idx, vocab_size: int) -> None:
+    """Token ids ``(B, T)``, ``T >= 1``, in range; int64 or int32, as ``nn.Embedding`` reads."""
+    require_tensor("idx", idx)
+    if idx.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"idx must hold integer token ids (torch.long, or torch.int32), got "
+                        f"{idx.dtype}")
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
+        raise ValueError(f"idx holds token ids in [{int(idx.min())}, {int(idx.max())}], "
+                         f"outside the vocabulary [0, {vocab_size})")
 
 
 # --8<-- [start:kv_cache]
@@ -41,7 +66,7 @@ class KVCache:
     """
 
     def __init__(self, n_layer: int):
-        _check_int("n_layer", n_layer, 1)
+        n_layer = _check_int("n_layer", n_layer, 1)
         self.keys: list[torch.Tensor | None] = [None] * n_layer
         self.values: list[torch.Tensor | None] = [None] * n_layer
 
@@ -73,10 +98,17 @@ class KVCache:
         return key, value
     # --8<-- [end:kv_cache]
 
-    def _check_update(self, layer, key, value) -> None:
-        _check_int("layer", layer, 0)
+    def _tokens(self, layer: int) -> int:
+        """Tokens cached in ``layer`` (0 while it is empty), after checking ``layer``."""
+        layer = _check_int("layer", layer, 0)
         if layer >= self.n_layer:
             raise ValueError(f"layer must be < n_layer={self.n_layer}, got {layer}")
+        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+
+    def _check_update(self, layer, key, value) -> None:
+        """The layers are updated in order, 0 to n_layer - 1, once per forward, each with the
+        same new tokens: so between two forwards every layer holds ``length`` tokens."""
+        old_length = self._tokens(layer)
         for name, t in (("key", key), ("value", value)):
             require_tensor(name, t)
             if t.ndim != 4:
@@ -84,15 +116,37 @@ class KVCache:
         if key.shape != value.shape:
             raise ValueError(f"key and value must have one shape, got {tuple(key.shape)} and "
                              f"{tuple(value.shape)}")
+        if key.dtype != value.dtype:
+            raise TypeError(f"key and value must share one dtype, got {key.dtype} and "
+                            f"{value.dtype}")
+        if key.device != value.device:
+            raise ValueError(f"key and value must be on one device, got {key.device} and "
+                             f"{value.device}")
         old = self.keys[layer]
-        if old is None:
-            return
-        if key.shape[0] != old.shape[0]:
-            raise ValueError(f"the cache holds batch size {old.shape[0]}, got key of batch size "
-                             f"{key.shape[0]}; start a new KVCache for a new batch")
-        if (key.shape[1], key.shape[3]) != (old.shape[1], old.shape[3]) or key.dtype != old.dtype:
-            raise ValueError(f"layer {layer} caches (B, H_kv, T, D) = {tuple(old.shape)} in "
-                             f"{old.dtype}, got key {tuple(key.shape)} in {key.dtype}")
+        if old is not None:  # what this layer already holds
+            if key.shape[0] != old.shape[0]:
+                raise ValueError(f"the cache holds batch size {old.shape[0]}, got key of batch "
+                                 f"size {key.shape[0]}; start a new KVCache for a new batch")
+            if (key.shape[1], key.shape[3]) != (old.shape[1], old.shape[3]):
+                raise ValueError(f"layer {layer} caches (B, H_kv, T, D) = {tuple(old.shape)}, "
+                                 f"got key {tuple(key.shape)}")
+            if key.dtype != old.dtype:
+                raise TypeError(f"layer {layer} caches {old.dtype}, got key in {key.dtype}")
+            if key.device != old.device:
+                raise ValueError(f"layer {layer} caches on {old.device}, got key on {key.device}")
+        first = self.keys[0]
+        if layer > 0 and first is not None and key.shape[0] != first.shape[0]:
+            raise ValueError(f"layer 0 caches batch size {first.shape[0]}, got key of batch size "
+                             f"{key.shape[0]} for layer {layer}")
+        if layer == 0:  # a new forward: the last one must have reached every layer
+            lengths = [0 if k is None else k.shape[2] for k in self.keys]
+            if old_length and any(n != old_length for n in lengths):
+                raise ValueError(f"the layers hold different numbers of tokens, {lengths}: "
+                                 f"a forward stopped part-way; start a new KVCache")
+        elif old_length + key.shape[2] != self._tokens(0):
+            raise ValueError(f"layer {layer} would hold {old_length + key.shape[2]} tokens after "
+                             f"this update, but layer 0 holds {self._tokens(0)}: update the "
+                             f"layers in order, 0 to {self.n_layer - 1}, with the same new tokens")
 
     def nbytes(self) -> int:
         """Bytes held by the cached tensors, ``sum(t.element_size() * t.numel())``."""
@@ -117,41 +171,71 @@ def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, seq_len: int, *,
     (2 for float16). Llama-2-7B (32 layers, 32 heads of 128, float16) needs
     524,288 bytes per token: 2 GiB for a context of 4096 tokens.
     """
-    for name, value, minimum in (("n_layer", n_layer, 1), ("n_kv_head", n_kv_head, 1),
-                                 ("head_dim", head_dim, 1), ("seq_len", seq_len, 0),
-                                 ("batch_size", batch_size, 1)):
-        _check_int(name, value, minimum)
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
+    n_layer, n_kv_head, head_dim, seq_len, batch_size = _check_sizes(
+        n_layer, n_kv_head, head_dim, seq_len, batch_size, dtype)
     return 2 * n_layer * n_kv_head * head_dim * seq_len * batch_size * dtype.itemsize
 # --8<-- [end:kv_cache_bytes]
 
 
-def _check_logits(logits) -> None:
+def _check_sizes(n_layer, n_kv_head, head_dim, seq_len, batch_size, dtype) -> tuple[int, ...]:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
+    return tuple(_check_int(name, value, minimum) for name, value, minimum in (
+        ("n_layer", n_layer, 1), ("n_kv_head", n_kv_head, 1), ("head_dim", head_dim, 1),
+        ("seq_len", seq_len, 0), ("batch_size", batch_size, 1)))
+
+
+def _check_logits(logits, *, layout: str = "(..., V)", generator=None) -> None:
+    """Floating logits of shape ``layout``, each row finite or ``-inf`` with one finite entry.
+
+    ``generator``, when given, must be a ``torch.Generator`` on the logits' device.
+    """
     require_tensor("logits", logits)
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
-    if logits.ndim == 0 or logits.shape[-1] == 0:
-        raise ValueError(f"logits must have shape (..., V) with V >= 1, got {tuple(logits.shape)}")
+    ndim_ok = logits.ndim == 2 if layout == "(B, V)" else logits.ndim >= 1
+    if not ndim_ok or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have shape {layout} with V >= 1, got "
+                         f"{tuple(logits.shape)}")
+    _check_generator(generator, logits.device)
+    if torch.isnan(logits).any() or torch.isposinf(logits).any():
+        raise ValueError("logits must be finite or -inf, got NaN or +inf")
+    if torch.isneginf(logits).all(dim=-1).any():
+        raise ValueError("every row of logits needs at least one finite entry, got a row "
+                         "of -inf only")
 
 
-def _check_probability(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+def _check_generator(generator, device: torch.device) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    where = generator.device  # an index of None (as in "cuda") matches any index
+    same_index = None in (where.index, device.index) or where.index == device.index
+    if where.type != device.type or not same_index:
+        raise ValueError(f"generator must be on the device of the logits, {device}, got a "
+                         f"generator on {where}")
+
+
+def _check_probability(name: str, value: object) -> float:
+    value = _check_real(name, value)
     if not 0.0 < value <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value}")
+    return value
 
 
-def _check_sampling(temperature, top_k, top_p) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+def _check_sampling(temperature, top_k, top_p) -> tuple[float, int | None, float | None]:
+    """The sampling settings as Python numbers (numpy scalars accepted), after checking them."""
+    temperature = _check_real("temperature", temperature)
     if not (temperature >= 0 and math.isfinite(temperature)):  # also refuses NaN
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got "
                          f"{temperature}")
     if top_k is not None:
-        _check_int("top_k", top_k, 1)
+        top_k = _check_int("top_k", top_k, 1)
     if top_p is not None:
-        _check_probability("top_p", top_p)
+        top_p = _check_probability("top_p", top_p)
+    return temperature, top_k, top_p
 
 
 # --8<-- [start:top_k]
@@ -160,9 +244,8 @@ def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
 
     ``(..., V)`` in, the same shape out. Exactly ``k`` survive per row, even with ties.
     """
-    _check_logits(logits)
-    _check_int("k", k, 1)
-    k = min(k, logits.shape[-1])
+    _check_logits(logits)  # finite or -inf: a NaN would sort to the top
+    k = min(_check_int("k", k, 1), logits.shape[-1])
     keep = torch.zeros_like(logits, dtype=torch.bool)
     keep.scatter_(-1, logits.topk(k, dim=-1).indices, True)  # (..., V): k True per row
     return logits.masked_fill(~keep, float("-inf"))
@@ -174,13 +257,14 @@ def top_p_logits(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the fewest most likely tokens whose probabilities sum to ``>= p``.
 
     Sorted by probability, a token is kept when the tokens before it sum to less than
-    ``p``, so the most likely token is always kept. The others become ``-inf``.
-    ``(..., V)`` -> same.
+    ``p``, so the most likely token is always kept. The others become ``-inf``; with
+    ``p = 1`` none does. ``(..., V)`` -> same.
     """
     _check_logits(logits)
-    _check_probability("p", p)
+    if _check_probability("p", p) >= 1.0:  # keep all: a running sum can round to 1 early
+        return logits.clone()
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (..., V)
-    probs = torch.softmax(sorted_logits.float(), dim=-1)  # (..., V)
+    probs = torch.softmax(sorted_logits.double(), dim=-1)  # (..., V), summed in float64
     before = probs.cumsum(dim=-1) - probs  # (..., V): the mass of the more likely tokens
     keep_sorted = before < p  # the first entry has before = 0 < p: always kept
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocab order
@@ -197,25 +281,22 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
     ``temperature=0`` is greedy (the argmax; ``top_k``, ``top_p`` and ``generator``
     are then unused). Otherwise the logits are divided by ``temperature``, filtered
     by ``top_k`` then ``top_p``, and one token is drawn with ``torch.multinomial``.
+    Any ``temperature > 0`` samples, however small or large: the division is done in
+    float64, so a tiny one gives ``-inf`` (probability 0) to all but the top logits.
 
     Returns:
         A ``(B,)`` long tensor.
     """
-    _check_logits(logits)
-    _check_sampling(temperature, top_k, top_p)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (B, V), got {tuple(logits.shape)}")
-    if torch.isnan(logits).any() or torch.isposinf(logits).any():
-        raise ValueError("logits must be finite or -inf, got NaN or +inf")
-    if torch.isneginf(logits).all(dim=-1).any():
-        raise ValueError("every row of logits needs at least one finite entry, got a row "
-                         "of -inf only")
+    temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)
+    _check_logits(logits, layout="(B, V)", generator=generator)
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
-    # Shift each row so its largest logit is 0 before dividing: with a small temperature
-    # the quotient then cannot overflow to inf, and exp() of it stays in [0, 1].
-    logits = logits.float()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # (B, V), max 0
+    # Shift each row so its largest logit is 0 before dividing (float64 logits in float64,
+    # others in float32): the quotient is then <= 0 or -inf, never inf or NaN, and exp()
+    # of it stays in [0, 1]. Dividing in float64 keeps a tiny temperature from rounding to 0.
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    logits = logits - logits.amax(dim=-1, keepdim=True)  # (B, V), max 0
+    logits = (logits.double() / temperature).float()  # (B, V), max 0
     if top_k is not None:
         logits = top_k_logits(logits, top_k)
     if top_p is not None and top_p < 1.0:
@@ -225,29 +306,31 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
 # --8<-- [end:sample_next]
 
 
-def _check_generate(model, idx, max_new_tokens, use_cache):
+def _check_generate(model, idx, max_new_tokens, use_cache, generator) -> int:
+    """Check the arguments of ``generate``; return ``max_new_tokens`` as an int."""
     config = getattr(model, "config", None)
     if not isinstance(model, torch.nn.Module) or config is None:
         raise TypeError(f"model must be a GPT (an nn.Module with a config), got "
                         f"{type(model).__name__}")
-    require_tensor("idx", idx)
-    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-        raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
-    if idx.ndim != 2 or idx.shape[1] == 0:
-        raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-    if int(idx.min()) < 0 or int(idx.max()) >= config.vocab_size:
-        raise ValueError(f"idx holds token ids in [{int(idx.min())}, {int(idx.max())}], "
-                         f"outside the vocabulary [0, {config.vocab_size})")
-    _check_int("max_new_tokens", max_new_tokens, 0)
+    _check_token_ids(idx, config.vocab_size)
+    if idx.shape[0] == 0:
+        raise ValueError(f"idx must hold at least one prompt (B >= 1), got shape "
+                         f"{tuple(idx.shape)}")
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be a bool, got {type(use_cache).__name__} {use_cache!r}")
+    _check_generator(generator, idx.device)
     T, block_size = idx.shape[1], config.block_size
-    if T > block_size:
-        raise ValueError(f"idx has length T={T}, longer than block_size={block_size}")
+    if use_cache and T > block_size:
+        raise ValueError(f"idx has length T={T}, longer than block_size={block_size}; pass "
+                         f"use_cache=False to read only its last {block_size} tokens")
     if use_cache and T + max_new_tokens - 1 > block_size:
         raise ValueError(
             f"with use_cache=True the model reads the prompt and every new token but the last: "
             f"T + max_new_tokens - 1 = {T} + {max_new_tokens} - 1 = {T + max_new_tokens - 1} "
             f"positions, more than block_size={block_size}. Generate fewer tokens, or pass "
             f"use_cache=False, which crops the context to the last {block_size} tokens")
+    return max_new_tokens
 
 
 # --8<-- [start:generate]
@@ -264,17 +347,18 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     feeds only the newest token, with a :class:`KVCache`; positions must then fit:
     ``T + max_new_tokens - 1 <= block_size``, else ``ValueError``. Without the cache
     every step re-reads the sequence, cropped to its last ``block_size`` tokens, so
-    it can run on past the context window (forgetting the start).
+    the prompt may be longer than ``block_size`` and generation can run on past the
+    context window (forgetting the start).
 
     The model's mode is left alone: call ``model.eval()`` first, or dropout applies.
 
     Returns:
-        A ``(B, T + max_new_tokens)`` long tensor: the prompt, then the new tokens.
+        A new ``(B, T + max_new_tokens)`` long tensor: the prompt, then the new tokens.
     """
     _check_sampling(temperature, top_k, top_p)
-    _check_generate(model, idx, max_new_tokens, use_cache)
+    max_new_tokens = _check_generate(model, idx, max_new_tokens, use_cache, generator)
     block_size = model.config.block_size
-    idx = idx.long()
+    idx = idx.to(torch.long, copy=True)  # never the caller's tensor, even for 0 new tokens
     kv_cache = KVCache(model.config.n_layer) if use_cache else None
     if max_new_tokens and use_cache:
         logits = model(idx, kv_cache=kv_cache)[:, -1]  # (B, V): read the whole prompt once

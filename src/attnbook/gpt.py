@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnbook._checks import require_tensor
+from attnbook._checks import require_floating, require_tensor
 from attnbook.attention import causal_mask
 from attnbook.feedforward import FeedForward, swiglu_hidden
-from attnbook.generation import KVCache
+from attnbook.generation import KVCache, _check_token_ids
 from attnbook.norms import LayerNorm, RMSNorm
 from attnbook.positions import LearnedPositionalEmbedding, RotaryEmbedding, alibi_bias
 
@@ -36,7 +36,9 @@ POSITIONS = ("learned", "rope", "alibi")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 
-_GPT2_SIZES = {  # (n_layer, n_head, n_embd), Radford et al. (2019), table 2
+# (n_layer, n_head, n_embd). Layers and widths: Radford et al. (2019), table 2, which lists
+# no head counts; those (heads of 64 channels) come from the released checkpoints' hparams.
+_GPT2_SIZES = {
     "small": (12, 12, 768),
     "medium": (24, 16, 1024),
     "large": (36, 20, 1280),
@@ -45,19 +47,27 @@ _GPT2_SIZES = {  # (n_layer, n_head, n_embd), Radford et al. (2019), table 2
 
 
 def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _one_of(name: str, value: object, choices: tuple[str, ...]) -> None:
+    expected = f"one of {', '.join(map(repr, choices))}"
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, {expected}, got {type(value).__name__} {value!r}")
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
 # --8<-- [start:config]
-@dataclass
+@dataclass(frozen=True)
 class GPTConfig:
-    """Sizes and choices of a :class:`GPT`.
+    """Sizes and choices of a :class:`GPT`, checked when made, then frozen.
+
+    To change a field, make a new config: ``dataclasses.replace(config, n_head=8)``
+    (checked again). Assigning to a field raises ``FrozenInstanceError``.
 
     Args:
         vocab_size: V, the number of token ids.
@@ -102,8 +112,10 @@ class GPTConfig:
                 raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head "
                                  f"({self.n_head}): each KV head serves a whole group of "
                                  f"query heads")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise TypeError(f"dropout must be a float, got {type(self.dropout).__name__} "
+                            f"{self.dropout!r}")
+        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
@@ -130,7 +142,8 @@ class GPTConfig:
         """The configuration of a GPT-2 size: ``"small"``, ``"medium"``, ``"large"`` or ``"xl"``.
 
         Vocabulary 50257, context 1024, learned positions, LayerNorm, GELU MLP, biases and
-        tied embeddings. ``overrides`` replace any field, e.g. ``dropout=0.1``.
+        tied embeddings. ``overrides`` replace any field, e.g. ``dropout=0.1``, and the
+        result is checked like any config.
         """
         _one_of("size", size, tuple(_GPT2_SIZES))
         n_layer, n_head, n_embd = _GPT2_SIZES[size]
@@ -152,10 +165,15 @@ class CausalSelfAttention(nn.Module):
     neighbouring query heads share one key/value head (grouped-query attention), which
     shrinks the projections and, above all, the KV cache.
 
-    Shapes: ``x`` ``(B, T, E)`` -> ``(B, T, E)``. The mask ``m`` is bool ``(T, S)``
-    (True = may attend), a float bias ``(H, T, S)`` (ALiBi, with ``-inf`` above the
-    diagonal), or None (one new token, which may see every key); ``S`` counts the
-    cached keys plus the ``T`` new ones.
+    Shapes: ``x`` ``(B, T, E)`` -> ``(B, T, E)``. ``S`` counts the cached keys plus
+    the ``T`` new ones. The mask is what makes it causal, and its kind is fixed by
+    ``config.positions``:
+
+    - ``"learned"`` or ``"rope"``: ``m`` is a bool ``(T, S)`` mask, True = may attend
+      (``causal_mask(T, S)``), or None for one new token (``T = 1``), which sees every key.
+      A float mask is refused: it would be added to the scores, not read as 0/1.
+    - ``"alibi"``: ``m`` is the float bias ``(H, T, S)`` in ``x``'s dtype, added to the
+      scores, with ``-inf`` on the future (``alibi_bias(H, T, S)``); never None.
     """
 
     def __init__(self, config: GPTConfig):
@@ -167,12 +185,63 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(E, kv_width, bias=config.bias)
         self.out_proj = nn.Linear(E, E, bias=config.bias)
         self.rotary = RotaryEmbedding(config.head_dim) if config.positions == "rope" else None
+        self.alibi = config.positions == "alibi"  # the mask is then ALiBi's float bias
         self.dropout_p = config.dropout  # on the attention weights, in training only
+
+    def _check_forward(self, x, mask, kv_cache, layer, offset) -> None:
+        E, H = self.n_head * self.head_dim, self.n_head
+        require_tensor("x", x)
+        require_floating("x", x)
+        if x.ndim != 3 or x.shape[-1] != E:
+            raise ValueError(f"x must have shape (B, T, E) with E={E}, got {tuple(x.shape)}")
+        T = x.shape[1]
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__} {offset!r}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        past = 0
+        if kv_cache is not None:
+            if not isinstance(kv_cache, KVCache):
+                raise TypeError(f"kv_cache must be an attnbook KVCache, got "
+                                f"{type(kv_cache).__name__}")
+            past = kv_cache._tokens(layer)  # also checks layer
+            if offset != past:
+                raise ValueError(f"offset must be the number of tokens cached in layer {layer}, "
+                                 f"{past}, got {offset}")
+        S = past + T
+        if self.alibi:
+            if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
+                raise TypeError(f"with positions='alibi', mask must be the float bias "
+                                f"alibi_bias(H, T, S), got "
+                                f"{type(mask).__name__ if mask is None else mask.dtype}")
+            if tuple(mask.shape) != (H, T, S):
+                raise ValueError(f"mask must have shape (H, T, S) = {(H, T, S)}, got "
+                                 f"{tuple(mask.shape)}")
+            if mask.dtype != x.dtype:
+                raise TypeError(f"mask (a float bias) must have x's dtype {x.dtype}, got "
+                                f"{mask.dtype}")
+        elif mask is None:
+            if T != 1:
+                raise ValueError(f"mask may be None only for one new token (T=1), which sees "
+                                 f"every key; got T={T}: pass causal_mask(T, S) = "
+                                 f"causal_mask({T}, {S})")
+            return
+        else:
+            require_tensor("mask", mask)
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask must be bool (True = may attend), got {mask.dtype}: a "
+                                f"float mask would be added to the scores; use causal_mask(T, S)")
+            if tuple(mask.shape) != (T, S):
+                raise ValueError(f"mask must have shape (T, S) = {(T, S)}, got "
+                                 f"{tuple(mask.shape)}")
+        if mask.device != x.device:
+            raise ValueError(f"mask must be on x's device {x.device}, got {mask.device}")
 
     # --8<-- [start:attention_forward]
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, *,
                 kv_cache: KVCache | None = None, layer: int = 0, offset: int = 0) -> torch.Tensor:
         """Attend from the ``T`` new positions ``offset, ..., offset + T - 1`` to all so far."""
+        self._check_forward(x, mask, kv_cache, layer, offset)
         B, T, E = x.shape
         H, H_kv, D = self.n_head, self.n_kv_head, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -196,7 +265,7 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: ``x = x + attn(norm1(x))``, then ``x = x + mlp(norm2(x))``.
 
-    Shapes: ``x`` ``(B, T, E)`` -> ``(B, T, E)``.
+    Shapes: ``x`` ``(B, T, E)`` -> ``(B, T, E)``; ``mask`` as in :class:`CausalSelfAttention`.
     """
 
     def __init__(self, config: GPTConfig):
@@ -257,15 +326,8 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.w2.weight, mean=0.0, std=residual_std)
 
     def _check_inputs(self, idx, kv_cache) -> int:
-        require_tensor("idx", idx)
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
-        if idx.ndim != 2 or idx.shape[1] == 0:
-            raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-        V, block_size = self.config.vocab_size, self.config.block_size
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= V):
-            raise ValueError(f"idx holds token ids in [{int(idx.min())}, {int(idx.max())}], "
-                             f"outside the vocabulary [0, {V})")
+        _check_token_ids(idx, self.config.vocab_size)  # (B, T), torch.long or torch.int32
+        block_size = self.config.block_size
         B, T = idx.shape
         if kv_cache is None:
             if T > block_size:
