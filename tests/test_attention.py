@@ -109,8 +109,11 @@ def test_property_matches_torch(batch, length, dim, seed, scale):
     x = scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     output, weights = self_attention(x)
     ref_out, ref_w = reference(x)
-    assert torch.allclose(weights.double(), ref_w, atol=1e-5)
-    assert torch.allclose(output.double(), ref_out, atol=1e-5 * max(1.0, scale))
+    # float32 rounding of scores ~ scale^2 * dim moves the weights by about 1e-7 of that,
+    # and the output, a mix of rows of size ~ scale, by that times scale
+    tol = 1e-5 * max(1.0, scale) ** 2
+    assert torch.allclose(weights.double(), ref_w, atol=tol)
+    assert torch.allclose(output.double(), ref_out, atol=tol * max(1.0, scale))
     # each output row is a convex combination of input rows: inside their bounding box
     lo = x.min(dim=-2, keepdim=True).values - 1e-4 * scale
     hi = x.max(dim=-2, keepdim=True).values + 1e-4 * scale
