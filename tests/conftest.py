@@ -66,3 +66,37 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                     f"site: mkdocs build --strict took {props['site_build_seconds']:.1f} s; "
                     f"page HTML sizes: {listing}")
                 return
+
+
+@pytest.fixture(scope="session")
+def site_url(built_site):
+    """The built site, served on 127.0.0.1 for the browser tests."""
+    from tests.browser import serve
+
+    with serve(built_site) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (tests/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM_ARGS, chromium_path
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, site_url):
+    """A fresh desktop-sized page; ``page.errors`` collects console errors and page errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    yield page
+    context.close()
