@@ -27,6 +27,10 @@ def built_site(tmp_path_factory, pytestconfig, worker_id) -> Path:
     Under xdist the workers share one build: the first to arrive builds it, under a file
     lock, and the others wait and reuse it.
     """
+    prebuilt = os.environ.get("ATTNBOOK_SITE")  # reuse a `mkdocs build` (iterating on tests)
+    if prebuilt:
+        pytestconfig.stash[_site_key] = 0.0
+        return Path(prebuilt)
     base = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         base = base.parent  # the folder all workers of this run share
@@ -55,17 +59,25 @@ def page_sizes(site: Path) -> dict[str, int]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Print the build time and page sizes that test_site.py recorded (also under xdist)."""
+    """Print the build time, page sizes and browser figures the tests recorded (also under xdist)."""
+    seen = set()
     for reports in terminalreporter.stats.values():
         for report in reports:
-            props = dict(getattr(report, "user_properties", ()))
+            props = {k: v for k, v in getattr(report, "user_properties", ()) if k not in seen}
+            seen.update(props)
             if "site_build_seconds" in props:
                 listing = ", ".join(f"{name} {size / 1024:.1f} KB"
                                     for name, size in props["site_page_bytes"].items())
                 terminalreporter.write_line(
                     f"site: mkdocs build --strict took {props['site_build_seconds']:.1f} s; "
                     f"page HTML sizes: {listing}")
-                return
+            if "browser_pages_checked" in props:
+                terminalreporter.write_line(
+                    f"browser: {props['browser_pages_checked']} pages checked in Chromium")
+            if "first_visit_bytes" in props:
+                weights = ", ".join(f"{name} {size / 1024:.0f} KB"
+                                    for name, size in props["first_visit_bytes"].items())
+                terminalreporter.write_line(f"browser: first-visit transfer: {weights}")
 
 
 @pytest.fixture(scope="session")
