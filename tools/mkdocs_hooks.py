@@ -19,7 +19,12 @@
    ``<span>``; Material colours names like plain code and spaces not at all, so those
    spans are unwrapped. A code-heavy chapter loses about a fifth of its HTML, and looks
    the same.
-6. **The attention explorer's data.** ``assets/explorer/attention.json`` is computed
+6. **Chapters as notebooks.** Every chapter is also written as an ``.ipynb`` next to its
+   page, with a "Download as notebook" button: its prose as Markdown cells, each
+   runnable block as a code cell, package source expanded into the Markdown, and no
+   Output blocks (running the notebook prints them). The suite executes these
+   notebooks (tests/test_labs.py).
+7. **The attention explorer's data.** ``assets/explorer/attention.json`` is computed
    from the real pretrained model (``attnbook.pretrained.attention_maps``) at every
    build, so the explorer page always shows what the model really does.
 """
@@ -32,6 +37,7 @@ import html
 import logging
 import posixpath
 import re
+import textwrap
 from pathlib import Path
 
 import jupytext
@@ -119,10 +125,77 @@ def _share_images(content: str, page) -> str:
     return _IMAGE.sub(link, content)
 
 
-def _download_button(page) -> str:
+def _download_button(page, label: str = "Download this notebook (.ipynb)") -> str:
     name = Path(page.file.src_uri).with_suffix(".ipynb").name
     return (f'<p class="attnbook-download"><a class="md-button" href="{name}" download>'
-            f"Download this notebook (.ipynb)</a></p>\n")
+            f"{label}</a></p>\n")
+
+
+def _is_chapter(page) -> bool:
+    return page.file.src_uri.startswith("chapters/") and page.file.src_uri.endswith(".md")
+
+
+_FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^`]*)$")
+_SOURCE_INCLUDE = re.compile(r'^\s*--8<-- "(?P<path>[^":]+):(?P<section>[\w-]+)"\s*$')
+
+
+def _snippet(root: Path, path: str, section: str) -> str:
+    """The lines of ``path`` between its ``--8<-- [start:section]`` and ``[end:section]``."""
+    lines, inside = [], False
+    for line in (root / path).read_text(encoding="utf-8").splitlines():
+        marker = line.strip()
+        if marker.endswith(f"[start:{section}]") and "--8<--" in marker:
+            inside = True
+        elif marker.endswith(f"[end:{section}]") and "--8<--" in marker:
+            break
+        elif inside:
+            lines.append(line)
+    return textwrap.dedent("\n".join(lines))
+
+
+def chapter_notebook(markdown: str, root: Path) -> dict:
+    """A chapter's Markdown as a notebook: runnable blocks become code cells."""
+    import nbformat
+
+    cells, prose = [], []
+
+    def flush():
+        text = "\n".join(prose).strip("\n")
+        if text.strip():
+            cells.append(nbformat.v4.new_markdown_cell(text))
+        prose.clear()
+
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FENCE_OPEN.match(lines[i])
+        if not m:
+            prose.append(lines[i])
+            i += 1
+            continue
+        indent, fence, info = m["indent"], m["fence"], m["info"].strip()
+        j = i + 1
+        while j < len(lines) and lines[j].strip() != fence:
+            j += 1
+        body = textwrap.dedent("\n".join(line[len(indent):] if line.startswith(indent) else line
+                                         for line in lines[i + 1:j]))
+        if info == "python":
+            flush()
+            cells.append(nbformat.v4.new_code_cell(body.strip("\n")))
+        elif info == 'text title="Output"':
+            pass  # running the cell above prints it
+        elif info.startswith("python title="):
+            include = _SOURCE_INCLUDE.match(body.strip())
+            code = _snippet(root, include["path"], include["section"]) if include else body
+            prose.append(f"{indent}```python\n{code}\n```".replace("\n", "\n" + indent))
+        else:
+            prose.extend(lines[i:j + 1])
+        i = j + 1
+    flush()
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python",
+                                       "name": "python3"}
+    return notebook
 
 
 def on_page_content(content: str, page, config, files) -> str:
@@ -135,6 +208,10 @@ def on_page_content(content: str, page, config, files) -> str:
         content = _share_images(content, page)
         head, h1, rest = content.partition("</h1>")  # the button goes under the title
         content = head + h1 + _download_button(page) + rest if h1 else _download_button(page) + content
+    elif _is_chapter(page):
+        button = _download_button(page, "Download as notebook (.ipynb)")
+        head, h1, rest = content.partition("</h1>")
+        content = head + h1 + button + rest if h1 else button + content
     return content
 
 
@@ -178,6 +255,13 @@ def on_post_build(config) -> None:
     for name, data in _images.items():
         (shared / name).write_bytes(data)
     docs = Path(config["docs_dir"])
+    import nbformat
+
+    for chapter in sorted((docs / "chapters").glob("*.md")):
+        target = site / "chapters" / chapter.stem / f"{chapter.stem}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        notebook = chapter_notebook(chapter.read_text(encoding="utf-8"), docs.parent)
+        nbformat.write(notebook, target)
     for lab in sorted((docs / "labs").glob("*.py")):
         target = site / "labs" / lab.stem / f"{lab.stem}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)
