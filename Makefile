@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: help install serve test build chapter refresh lock clean bench
+.PHONY: help install serve test build chapter refresh lock clean bench links
 
 help:
 	@echo "make serve               build the site and serve it at http://127.0.0.1:8000 (live reload)"
@@ -15,6 +15,7 @@ help:
 	@echo "make chapter PAGE=...    test one page, e.g. PAGE=docs/chapters/01-self-attention.md"
 	@echo "make refresh [PAGE=...]  rewrite Output blocks from a real run (review with git diff)"
 	@echo "make build               the strict site build alone, into site/"
+	@echo "make links               list the external links of every page (not checked, never fails)"
 	@echo "make bench [ARGS=--quick] benchmarks against torch (interleaved ratios); rewrites the"
 	@echo "                          tables in docs/results/ that chapters 15 and 17 include"
 
@@ -57,3 +58,6 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m attnbook.bench $(ARGS)
+
+links: $(STAMP)
+	$(BIN)/python tools/external_links.py docs

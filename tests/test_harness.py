@@ -243,3 +243,11 @@ def test_blocks_must_paste_at_the_prompt_as_they_run_as_files(book):
         "*repl_paste.md:38: line 42: pasted at the >>> prompt this block breaks here "
         "(unexpected indent)*",
     ])
+
+
+def test_the_chapter_template_passes_the_harness(book):
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "templates" / "chapter.md", book.path / "docs" / "chapters" / "template.md")
+    shutil.copy(root / "src" / "attnbook" / "attention.py", book.path / "src" / "attnbook")
+    result = book("template", copy=False)
+    result.assert_outcomes(passed=3)  # two runnable blocks and one package-source fence
