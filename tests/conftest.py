@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 _site_key = pytest.StashKey[float]()
@@ -50,6 +51,22 @@ def built_site(tmp_path_factory, pytestconfig, worker_id) -> Path:
             done.write_text(str(time.perf_counter() - start))
     pytestconfig.stash[_site_key] = float(done.read_text())
     return site
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module on one thread, then restore the count.
+
+    The package's unit tests use tiny tensors. On a shared 2-core machine each
+    multi-threaded op waits for a thread the OS has parked, and the thread pool's
+    hand-over costs dominate: 10x slower for small matrices, up to 200x for the tiled
+    loops of attnbook.efficient. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def page_sizes(site: Path) -> dict[str, int]:

@@ -27,14 +27,7 @@ INF = float("inf")
 BLOCKS = [(7, 5), (16, 16), (64, 13), (100, 100), (BLOCK_Q, BLOCK_KV)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run this file on one thread. The tiled loops launch thousands of small ops, and on
-    shared cores each multi-threaded op waits for a descheduled thread: 200x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def rand(*shape, dtype=torch.float32, seed=0):

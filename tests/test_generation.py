@@ -16,14 +16,7 @@ from attnbook.generation import (
 from attnbook.gpt import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread spares the thread pool's start-up and hand-over
-    costs, which dominate on a busy machine (10x on 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 V = 37
 

@@ -17,14 +17,7 @@ from attnbook.positions import alibi_bias
 from attnbook.transformer import count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread spares the thread pool's start-up and hand-over
-    costs, which dominate on a busy machine (10x on 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 def tiny(**overrides) -> GPTConfig:
     fields = dict(vocab_size=37, block_size=16, n_layer=2, n_head=4, n_embd=32)

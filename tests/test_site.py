@@ -221,3 +221,85 @@ def test_lab_plots_are_image_files_not_inline_data(built_site):
     for src in images:
         image = (built_site / LAB).parent / src
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+
+
+# --- API reference (mkdocstrings) -------------------------------------------------------
+
+def _mkdocstrings_plugin() -> dict:
+    """The ``mkdocstrings`` entry of mkdocs.yml's plugins, as plain data."""
+    from tests.harness.snippets import mkdocs_config
+
+    for entry in mkdocs_config(ROOT).get("plugins") or []:
+        if isinstance(entry, dict) and "mkdocstrings" in entry:
+            return entry["mkdocstrings"]
+    raise AssertionError("mkdocs.yml configures no mkdocstrings plugin")
+
+
+def _api_anchors(site: Path) -> dict[str, str]:
+    """Every ``id="attnbook..."`` in the built reference pages -> the page's folder."""
+    anchors = {}
+    for page in sorted((site / "api").rglob("index.html")):
+        for anchor in re.findall(r'\bid="(attnbook[\w.]*)"', page.read_text(encoding="utf-8")):
+            anchors.setdefault(anchor, page.parent.relative_to(site).as_posix())
+    return anchors
+
+
+def test_a_broken_cross_reference_fails_the_strict_build(tmp_path):
+    # A tiny project with the site's own mkdocstrings configuration: one page renders a
+    # real object and links to it, and, in the broken variant, to a name that does not exist.
+    import os
+
+    import yaml
+
+    plugin = _mkdocstrings_plugin()
+    python = plugin["handlers"]["python"]
+    assert "import" not in python and "inventories" not in python, "no remote objects.inv"
+    python["paths"] = [str(ROOT / "src")]
+    config = {"site_name": "refs", "strict": True, "theme": {"name": "material", "font": False},
+              "plugins": [{"mkdocstrings": plugin}]}
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (tmp_path / "docs").mkdir()
+    good = ("# Refs\n\n[`causal_mask`][attnbook.causal_mask] is documented below.\n\n"
+            "::: attnbook.causal_mask\n")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+
+    def build(page: str) -> subprocess.CompletedProcess:
+        (tmp_path / "docs" / "index.md").write_text(page, encoding="utf-8")
+        return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d",
+                               str(tmp_path / "site")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    ok = build(good)
+    assert ok.returncode == 0, ok.stdout + ok.stderr  # the control: the config itself builds
+    assert 'id="attnbook.causal_mask"' in (tmp_path / "site/index.html").read_text()
+    broken = build(good + "\nSee also [this][attnbook.does_not_exist].\n")
+    log = broken.stdout + broken.stderr
+    assert broken.returncode != 0, log
+    assert "attnbook.does_not_exist" in log, log
+
+
+def test_every_public_name_has_an_anchor_in_the_reference_and_a_link_from_a_chapter(built_site):
+    import attnbook
+    import attnbook.datasets
+    import attnbook.pretrained
+
+    anchors = _api_anchors(built_site)
+    wanted = [f"attnbook.{name}" for name in attnbook.__all__]
+    wanted += ["attnbook.pretrained", "attnbook.datasets"]
+    wanted += [f"attnbook.pretrained.{name}" for name in ("load_minilm", "embed_sentences",
+                                                          "attention_maps")]
+    wanted += [f"attnbook.datasets.{name}" for name in attnbook.datasets.__all__]
+    missing = [name for name in wanted if name not in anchors]
+    assert not missing, f"not in the API reference: {missing}"
+    assert set(anchors.values()) <= {p.parent.relative_to(built_site).as_posix()
+                                     for p in (built_site / "api").rglob("index.html")}
+
+    # Each name is linked from the prose of a chapter, with a cross-reference that the
+    # build resolved to the anchor above.
+    linked = set()
+    for page in (built_site / "chapters").rglob("index.html"):
+        linked |= set(re.findall(r'href="[^"#]*/api/[^"#]*#(attnbook[\w.]*)"',
+                                 page.read_text(encoding="utf-8")))
+    unlinked = [name for name in wanted if name not in linked
+                and name not in ("attnbook.pretrained", "attnbook.datasets")]
+    assert not unlinked, f"no chapter links to: {unlinked}"

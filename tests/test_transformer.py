@@ -30,13 +30,7 @@ ATOL = 1e-5
 no_nested_warning = pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids the thread pool's hand-over costs on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def x(*shape, seed=1):

@@ -266,3 +266,15 @@ def on_post_build(config) -> None:
         target = site / "labs" / lab.stem / f"{lab.stem}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)
         jupytext.write(jupytext.read(lab), target, fmt="ipynb")
+
+
+# Every page carries the whole site menu, indented by the template: with 19 chapters,
+# labs and the API reference, the indentation alone is several KB per page. Browsers
+# collapse that whitespace anyway (the menu holds no <pre>), so collapse it here.
+_PRIMARY_NAV = re.compile(
+    r'(<div class="md-sidebar md-sidebar--primary".*?)(<div class="md-sidebar md-sidebar--secondary")',
+    re.S)
+
+
+def on_post_page(output: str, page, config) -> str:
+    return _PRIMARY_NAV.sub(lambda m: re.sub(r"\s+", " ", m[1]) + m[2], output, count=1)

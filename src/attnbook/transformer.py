@@ -354,8 +354,8 @@ class TransformerDecoderLayer(nn.Module):
     ``memory`` itself is never normalised here (the encoder's final norm does that).
 
     Args:
-        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-        norm_first, bias: as in :class:`TransformerEncoderLayer`.
+        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, norm_first, bias:
+            as in :class:`TransformerEncoderLayer`.
 
     Shapes: ``tgt`` ``(B, L, E)``, ``memory`` ``(B, S, E)`` -> ``(B, L, E)``, all with the
     layer's dtype. torch's ``multihead_attn`` is called ``cross_attn`` here.
@@ -606,8 +606,8 @@ class Transformer(nn.Module):
     one layer). The norms start at weight 1 and bias 0.
 
     Args:
-        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-        norm_first, bias: as in :class:`TransformerEncoderLayer`, shared by all layers.
+        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, norm_first, bias:
+            as in :class:`TransformerEncoderLayer`, shared by all layers.
         num_encoder_layers, num_decoder_layers: the depths of the two stacks.
 
     Shapes: ``src`` ``(B, S, E)``, ``tgt`` ``(B, L, E)`` -> ``(B, L, E)``; both must have
