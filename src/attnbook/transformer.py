@@ -481,6 +481,16 @@ def _check_stack(layer, layer_type, num_layers, norm):
                          f"got a {type(norm).__name__} of shape {width}")
 
 
+def _stack_from_torch(cls, m, torch_stack, torch_layer, our_layer):
+    """A stack of ``cls`` copied from the torch stack ``m``: layers, norm, train/eval mode."""
+    if not isinstance(m, torch_stack):
+        raise TypeError(f"m must be a torch.nn.{torch_stack.__name__}, got {type(m).__name__}")
+    layers = _convert_layers(m.layers, torch_layer, our_layer)
+    new = cls(layers[0], 1, _convert_norm(m.norm))
+    new.layers = layers
+    return new.train(m.training)
+
+
 class TransformerEncoder(nn.Module):
     """A stack of ``num_layers`` encoder layers, then an optional norm.
 
@@ -527,12 +537,8 @@ class TransformerEncoder(nn.Module):
         Refused: layers that differ from one another in their configuration, and
         anything :meth:`TransformerEncoderLayer.from_torch` refuses.
         """
-        if not isinstance(m, nn.TransformerEncoder):
-            raise TypeError(f"m must be a torch.nn.TransformerEncoder, got {type(m).__name__}")
-        layers = _convert_layers(m.layers, nn.TransformerEncoderLayer, TransformerEncoderLayer)
-        new = cls(layers[0], 1, _convert_norm(m.norm))
-        new.layers = layers
-        return new.train(m.training)
+        return _stack_from_torch(cls, m, nn.TransformerEncoder, nn.TransformerEncoderLayer,
+                                 TransformerEncoderLayer)
 
 
 class TransformerDecoder(nn.Module):
@@ -580,12 +586,8 @@ class TransformerDecoder(nn.Module):
         Refused: layers that differ from one another in their configuration, and
         anything :meth:`TransformerDecoderLayer.from_torch` refuses.
         """
-        if not isinstance(m, nn.TransformerDecoder):
-            raise TypeError(f"m must be a torch.nn.TransformerDecoder, got {type(m).__name__}")
-        layers = _convert_layers(m.layers, nn.TransformerDecoderLayer, TransformerDecoderLayer)
-        new = cls(layers[0], 1, _convert_norm(m.norm))
-        new.layers = layers
-        return new.train(m.training)
+        return _stack_from_torch(cls, m, nn.TransformerDecoder, nn.TransformerDecoderLayer,
+                                 TransformerDecoderLayer)
 
 
 class Transformer(nn.Module):
