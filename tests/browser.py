@@ -21,18 +21,27 @@ import pytest
 # The flags keep a headless Chromium from calling Google's services at start-up, which on
 # a machine without a network would show up as failed requests.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
 ]
 
 
 def chromium_path() -> str:
     path = os.environ.get("ATTNBOOK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        pytest.fail("the browser tests need Chromium: run .ci/run once (it installs Debian's "
-                    "chromium), or `sudo apt-get install chromium`, or set ATTNBOOK_CHROMIUM "
-                    "to a Chromium binary", pytrace=False)
+        pytest.fail(
+            "the browser tests need Chromium: run .ci/run once (it installs Debian's "
+            "chromium), or `sudo apt-get install chromium`, or set ATTNBOOK_CHROMIUM "
+            "to a Chromium binary",
+            pytrace=False,
+        )
     return path
 
 

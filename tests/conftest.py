@@ -43,11 +43,18 @@ def built_site(tmp_path_factory, pytestconfig, worker_id) -> Path:
             start = time.perf_counter()
             proc = subprocess.run(
                 [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             if proc.returncode != 0:
-                pytest.fail(f"mkdocs build --strict failed ({proc.returncode}):\n{proc.stdout}\n"
-                            f"{proc.stderr}", pytrace=False)
+                pytest.fail(
+                    f"mkdocs build --strict failed ({proc.returncode}):\n{proc.stdout}\n"
+                    f"{proc.stderr}",
+                    pytrace=False,
+                )
             done.write_text(str(time.perf_counter() - start))
     pytestconfig.stash[_site_key] = float(done.read_text())
     return site
@@ -71,8 +78,10 @@ def one_thread():
 
 def page_sizes(site: Path) -> dict[str, int]:
     """HTML bytes of each page, by its folder in the site."""
-    return {"/" + str(page.relative_to(site).parent).strip("."): page.stat().st_size
-            for page in sorted(site.rglob("index.html"))}
+    return {
+        "/" + str(page.relative_to(site).parent).strip("."): page.stat().st_size
+        for page in sorted(site.rglob("index.html"))
+    }
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -83,17 +92,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             props = {k: v for k, v in getattr(report, "user_properties", ()) if k not in seen}
             seen.update(props)
             if "site_build_seconds" in props:
-                listing = ", ".join(f"{name} {size / 1024:.1f} KB"
-                                    for name, size in props["site_page_bytes"].items())
+                listing = ", ".join(
+                    f"{name} {size / 1024:.1f} KB"
+                    for name, size in props["site_page_bytes"].items()
+                )
                 terminalreporter.write_line(
                     f"site: mkdocs build --strict took {props['site_build_seconds']:.1f} s; "
-                    f"page HTML sizes: {listing}")
+                    f"page HTML sizes: {listing}"
+                )
             if "browser_pages_checked" in props:
                 terminalreporter.write_line(
-                    f"browser: {props['browser_pages_checked']} pages checked in Chromium")
+                    f"browser: {props['browser_pages_checked']} pages checked in Chromium"
+                )
             if "first_visit_bytes" in props:
-                weights = ", ".join(f"{name} {size / 1024:.0f} KB"
-                                    for name, size in props["first_visit_bytes"].items())
+                weights = ", ".join(
+                    f"{name} {size / 1024:.0f} KB"
+                    for name, size in props["first_visit_bytes"].items()
+                )
                 terminalreporter.write_line(f"browser: first-visit transfer: {weights}")
 
 

@@ -9,10 +9,9 @@ from hypothesis import strategies as st
 
 from attnbook import self_attention
 
-WORDS = torch.tensor([[1.0, 0.0, 1.0, 0.0],
-                      [0.0, 1.0, 0.0, 1.0],
-                      [1.0, 1.0, 0.0, 0.0],
-                      [0.0, 0.0, 1.0, 1.0]])
+WORDS = torch.tensor(
+    [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+)
 
 
 def reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

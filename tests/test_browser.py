@@ -16,8 +16,12 @@ import pytest
 def _explorer_weights(page, index):
     cell = page.locator(f'[data-role="tokens"] [data-index="{index}"]')
     cell.hover()
-    return [float(w) for w in page.locator('[data-role="tokens"] > span').evaluate_all(
-        "spans => spans.map(s => s.getAttribute('data-weight'))")]
+    return [
+        float(w)
+        for w in page.locator('[data-role="tokens"] > span').evaluate_all(
+            "spans => spans.map(s => s.getAttribute('data-weight'))"
+        )
+    ]
 
 
 def test_explorer_highlights_the_hovered_tokens_row_from_the_json(page, site_url, built_site):
@@ -37,8 +41,12 @@ def test_explorer_highlights_the_hovered_tokens_row_from_the_json(page, site_url
     assert "layer 5, head 3" in page.locator('[data-role="readout"]').inner_text()
 
     page.select_option('[data-role="head"]', "11")  # the row follows the head
-    switched = [float(w) for w in page.locator('[data-role="tokens"] > span').evaluate_all(
-        "spans => spans.map(s => s.getAttribute('data-weight'))")]
+    switched = [
+        float(w)
+        for w in page.locator('[data-role="tokens"] > span').evaluate_all(
+            "spans => spans.map(s => s.getAttribute('data-weight'))"
+        )
+    ]
     assert switched == pytest.approx(sentence["weights"][5][11][it], abs=6e-4)
     assert switched != pytest.approx(shown, abs=1e-3)
     assert not page.errors, page.errors
@@ -46,8 +54,9 @@ def test_explorer_highlights_the_hovered_tokens_row_from_the_json(page, site_url
 
 def test_explorer_works_by_tap_on_a_phone_in_dark_mode(browser, site_url, built_site):
     data = json.loads((built_site / "assets/explorer/attention.json").read_text(encoding="utf-8"))
-    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
-                                  is_mobile=True, color_scheme="dark")
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, color_scheme="dark"
+    )
     page = context.new_page()
     page.goto(site_url + "explorer/")
     page.wait_for_selector('[data-attention-explorer][data-ready="true"]')
@@ -62,13 +71,17 @@ def test_explorer_works_by_tap_on_a_phone_in_dark_mode(browser, site_url, built_
 
 # --- every built page, in the browser -----------------------------------------------------
 
-ARTIFACTS = Path(os.environ.get("ATTNBOOK_ARTIFACTS", Path(__file__).resolve().parents[1] / ".artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("ATTNBOOK_ARTIFACTS", Path(__file__).resolve().parents[1] / ".artifacts")
+)
 
 
 def _page_paths(site):
     """Site-relative URLs of every page (folders with an index.html), home first."""
-    return sorted(("" if p.parent == site else p.parent.relative_to(site).as_posix() + "/")
-                  for p in site.rglob("index.html"))
+    return sorted(
+        ("" if p.parent == site else p.parent.relative_to(site).as_posix() + "/")
+        for p in site.rglob("index.html")
+    )
 
 
 def _visit(browser, url, **context_args):
@@ -82,7 +95,9 @@ def _visit(browser, url, **context_args):
     page.on("requestfailed", lambda r: problems.append(f"failed request: {r.url} ({r.failure})"))
 
     def on_request(request):
-        if urlparse(request.url).netloc not in (host, "") and not request.url.startswith(("data:", "blob:")):
+        if urlparse(request.url).netloc not in (host, "") and not request.url.startswith(
+            ("data:", "blob:")
+        ):
             problems.append(f"request to another host: {request.url}")
 
     def on_response(response):
@@ -99,7 +114,9 @@ def _visit(browser, url, **context_args):
     return page, context, problems, received
 
 
-def test_every_page_loads_cleanly_and_typesets_its_math(browser, site_url, built_site, record_property):
+def test_every_page_loads_cleanly_and_typesets_its_math(
+    browser, site_url, built_site, record_property
+):
     paths = _page_paths(built_site)
     assert len(paths) >= 25, paths
     failures = {}
@@ -128,7 +145,9 @@ def test_chapter_pages_have_no_horizontal_scroll_on_a_phone(browser, site_url, b
     chapters = [p for p in _page_paths(built_site) if p.startswith("chapters/")]
     assert len(chapters) >= 19
     wide = {}
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
     page = context.new_page()
     for path in chapters:
         page.goto(site_url + path, wait_until="networkidle")
@@ -153,8 +172,14 @@ def test_copy_button_copies_the_block_and_it_prints_the_output(browser, site_url
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied.strip() == shown.strip()
     output = page.locator("article div.attnbook-output").first.locator("code").inner_text()
-    run = subprocess.run([sys.executable, "-"], input=copied, capture_output=True, text=True,
-                         timeout=120, cwd=tempfile.mkdtemp())
+    run = subprocess.run(
+        [sys.executable, "-"],
+        input=copied,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tempfile.mkdtemp(),
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == output.strip()
     # the Output block itself has no copy button: it is not code to paste
@@ -190,10 +215,14 @@ def test_dark_mode_toggle_switches_the_palette(page, site_url):
 def test_first_visit_weight_and_screenshots(browser, site_url, record_property):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     weights = {}
-    for name, path in (("chapter-1", "chapters/01-self-attention/"),
-                       ("lab-1", "labs/01-attention-heatmap/"), ("explorer", "explorer/")):
-        page, context, problems, received = _visit(browser, site_url + path,
-                                                   viewport={"width": 1280, "height": 900})
+    for name, path in (
+        ("chapter-1", "chapters/01-self-attention/"),
+        ("lab-1", "labs/01-attention-heatmap/"),
+        ("explorer", "explorer/"),
+    ):
+        page, context, problems, received = _visit(
+            browser, site_url + path, viewport={"width": 1280, "height": 900}
+        )
         if name == "explorer":
             page.wait_for_selector('[data-attention-explorer][data-ready="true"]')
             page.locator('[data-role="tokens"] > span').nth(8).hover()

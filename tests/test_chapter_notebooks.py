@@ -30,20 +30,29 @@ def test_every_chapter_page_offers_its_notebook(built_site):
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_notebook_runs_and_prints_what_the_page_shows(chapter, built_site, tmp_path):
-    notebook = nbformat.read(built_site / "chapters" / chapter.stem / f"{chapter.stem}.ipynb",
-                             as_version=4)
+    notebook = nbformat.read(
+        built_site / "chapters" / chapter.stem / f"{chapter.stem}.ipynb", as_version=4
+    )
     nbformat.validate(notebook)
     page = classify(chapter.read_text(encoding="utf-8"), chapter)
     runs = [f for f in page.fences if f.kind == "run"]
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert [c.source.strip() for c in code] == [_dedent(f.body).strip() for f in runs]
-    NotebookClient(notebook, kernel_name="python3", timeout=300, allow_errors=False,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=300,
+        allow_errors=False,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
     for cell, fence in zip(code, runs, strict=True):
         # stdout only: in Jupyter, transformers' tqdm may warn on stderr that ipywidgets is
         # missing, which is about the reader's Jupyter, not about the block
-        printed = "".join(o.get("text", "") for o in cell.outputs
-                          if o.output_type == "stream" and o.get("name") == "stdout")
+        printed = "".join(
+            o.get("text", "")
+            for o in cell.outputs
+            if o.output_type == "stream" and o.get("name") == "stdout"
+        )
         shown = fence.output.body if fence.output else ""
         assert printed.strip() == shown.strip(), f"{chapter.name}:{fence.line}"
         echoed = [o for o in cell.outputs if o.output_type == "execute_result"]

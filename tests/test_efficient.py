@@ -35,8 +35,11 @@ def rand(*shape, dtype=torch.float32, seed=0):
 
 
 def qkv(L=37, S=53, E=16, Ev=8, batch=(2, 3), dtype=torch.float32):
-    return (rand(*batch, L, E, dtype=dtype), rand(*batch, S, E, dtype=dtype, seed=1),
-            rand(*batch, S, Ev, dtype=dtype, seed=2))
+    return (
+        rand(*batch, L, E, dtype=dtype),
+        rand(*batch, S, E, dtype=dtype, seed=1),
+        rand(*batch, S, Ev, dtype=dtype, seed=2),
+    )
 
 
 def assert_close(ours, theirs, atol=1e-5):
@@ -46,6 +49,7 @@ def assert_close(ours, theirs, atol=1e-5):
 
 
 # --- online softmax -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("block_size", [1, 3, 7, 64, 1000])
 @pytest.mark.parametrize("dim", [-1, 0, 1])
@@ -59,8 +63,11 @@ def test_online_softmax_dtypes(dtype):
     x = rand(4, 33, dtype=dtype)
     ours = online_softmax(x, block_size=5)
     assert ours.dtype == dtype
-    assert torch.allclose(ours.double(), torch.softmax(x.double(), -1), atol=1e-2 if
-                          dtype in (torch.float16, torch.bfloat16) else 1e-12)
+    assert torch.allclose(
+        ours.double(),
+        torch.softmax(x.double(), -1),
+        atol=1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-12,
+    )
 
 
 def test_online_softmax_is_stable_for_large_inputs():
@@ -90,6 +97,7 @@ def test_online_softmax_edge_shapes():
 
 
 # --- flash attention: values ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("block_q", "block_kv"), BLOCKS)
 @pytest.mark.parametrize("case", ["plain", "bool", "float", "scale", "broadcast", "3d"])
@@ -121,22 +129,31 @@ def test_flash_broadcast_masks_and_their_gradients(kind, shape):
     theirs = scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert_close(ours, theirs)
     grad_out = rand(*ours.shape, seed=4)
-    for a, b in zip(torch.autograd.grad(ours, leaves, grad_out),
-                    torch.autograd.grad(theirs, leaves, grad_out), strict=True):
+    for a, b in zip(
+        torch.autograd.grad(ours, leaves, grad_out),
+        torch.autograd.grad(theirs, leaves, grad_out),
+        strict=True,
+    ):
         assert_close(a, b)
 
 
 @pytest.mark.parametrize("mask", ["none", "bool", "float"])
 def test_flash_with_blocks_of_one(mask):
     q, k, v = (t.requires_grad_() for t in qkv(6, 9))
-    kwargs = {"bool": {"attn_mask": rand(6, 9, seed=3) > -0.5},
-              "float": {"attn_mask": rand(6, 9, seed=3)}, "none": {"is_causal": True}}[mask]
+    kwargs = {
+        "bool": {"attn_mask": rand(6, 9, seed=3) > -0.5},
+        "float": {"attn_mask": rand(6, 9, seed=3)},
+        "none": {"is_causal": True},
+    }[mask]
     ours = flash_attention(q, k, v, **kwargs, block_q=1, block_kv=1)
     theirs = F.scaled_dot_product_attention(q, k, v, **kwargs)
     assert_close(ours, theirs)
     grad_out = rand(*ours.shape, seed=4)
-    for a, b in zip(torch.autograd.grad(ours, (q, k, v), grad_out),
-                    torch.autograd.grad(theirs, (q, k, v), grad_out), strict=True):
+    for a, b in zip(
+        torch.autograd.grad(ours, (q, k, v), grad_out),
+        torch.autograd.grad(theirs, (q, k, v), grad_out),
+        strict=True,
+    ):
         assert_close(a, b)
 
 
@@ -177,14 +194,18 @@ def test_flash_half_precision_with_huge_logits_is_finite(dtype):
     assert ours.dtype == dtype and torch.isfinite(ours).all()
     assert_close(ours, scaled_dot_product_attention(x, x, x), 1e-2)
     q, k, v = qkv(dtype=dtype)
-    assert_close(flash_attention(q, k, v, block_q=8, block_kv=8),
-                 scaled_dot_product_attention(q, k, v), 8e-3)
+    assert_close(
+        flash_attention(q, k, v, block_q=8, block_kv=8), scaled_dot_product_attention(q, k, v), 8e-3
+    )
 
 
 def test_flash_float64():
     q, k, v = qkv(dtype=torch.float64)
-    assert_close(flash_attention(q, k, v, is_causal=True, block_q=5, block_kv=9),
-                 F.scaled_dot_product_attention(q, k, v, is_causal=True), 1e-12)
+    assert_close(
+        flash_attention(q, k, v, is_causal=True, block_q=5, block_kv=9),
+        F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        1e-12,
+    )
 
 
 @pytest.mark.parametrize(("L", "S"), [(0, 3), (3, 0), (0, 0)])
@@ -194,6 +215,7 @@ def test_flash_empty_queries_or_keys(L, S):
 
 
 # --- flash attention: gradients ------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("block_q", "block_kv"), [(7, 5), (64, 64)])
 @pytest.mark.parametrize("case", ["plain", "bool", "float", "causal", "causal_rect", "broadcast"])
@@ -208,14 +230,16 @@ def test_flash_gradients_match_torch(case, block_q, block_kv):
         kwargs["is_causal"] = True
     elif case == "broadcast":
         k, v = k[:1], v[:1]
-    leaves = [t.requires_grad_() for t in (q, k, v)] + [m for m in kwargs.values()
-                                                        if isinstance(m, torch.Tensor)
-                                                        and m.requires_grad]
+    leaves = [t.requires_grad_() for t in (q, k, v)] + [
+        m for m in kwargs.values() if isinstance(m, torch.Tensor) and m.requires_grad
+    ]
     grad_out = rand(2, 3, q.shape[-2], 8, seed=4)
-    ours = torch.autograd.grad(flash_attention(q, k, v, **kwargs, block_q=block_q,
-                                               block_kv=block_kv), leaves, grad_out)
-    theirs = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, **kwargs), leaves,
-                                 grad_out)
+    ours = torch.autograd.grad(
+        flash_attention(q, k, v, **kwargs, block_q=block_q, block_kv=block_kv), leaves, grad_out
+    )
+    theirs = torch.autograd.grad(
+        F.scaled_dot_product_attention(q, k, v, **kwargs), leaves, grad_out
+    )
     for a, b in zip(ours, theirs, strict=True):
         assert_close(a, b)
 
@@ -224,10 +248,12 @@ def test_flash_gradients_with_dead_rows_match_attnbook():
     q, k, v = (t.requires_grad_() for t in qkv(12, 40))
     mask = rand(12, 40, seed=3) > 0
     mask[3], mask[:, :8] = False, False
-    ours = torch.autograd.grad(flash_attention(q, k, v, attn_mask=mask, block_q=4, block_kv=8)
-                               .square().sum(), (q, k, v))
-    theirs = torch.autograd.grad(scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                                 .square().sum(), (q, k, v))
+    ours = torch.autograd.grad(
+        flash_attention(q, k, v, attn_mask=mask, block_q=4, block_kv=8).square().sum(), (q, k, v)
+    )
+    theirs = torch.autograd.grad(
+        scaled_dot_product_attention(q, k, v, attn_mask=mask).square().sum(), (q, k, v)
+    )
     for a, b in zip(ours, theirs, strict=True):
         assert torch.isfinite(a).all()
         assert_close(a, b)
@@ -237,7 +263,8 @@ def test_flash_gradcheck_float64():
     q, k, v = (t.requires_grad_() for t in qkv(5, 6, 3, 2, batch=(2,), dtype=torch.float64))
     bias = rand(5, 6, dtype=torch.float64, seed=5).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda *t: flash_attention(*t, block_q=2, block_kv=4), (q, k, v, bias))
+        lambda *t: flash_attention(*t, block_q=2, block_kv=4), (q, k, v, bias)
+    )
 
 
 # --- flash attention: errors ---------------------------------------------------------------
@@ -248,8 +275,10 @@ BAD = [
     ((rand(3, 8), rand(5, 8), rand(4, 8)), {}),
     ((rand(3, 8), rand(5, 8), rand(5, 8)), {"attn_mask": torch.ones(4, 5, dtype=torch.bool)}),
     ((rand(3, 8), rand(5, 8), rand(5, 8)), {"attn_mask": torch.ones(3, 5, dtype=torch.int64)}),
-    ((rand(3, 8), rand(5, 8), rand(5, 8)),
-     {"attn_mask": torch.ones(3, 5, dtype=torch.bool), "is_causal": True}),
+    (
+        (rand(3, 8), rand(5, 8), rand(5, 8)),
+        {"attn_mask": torch.ones(3, 5, dtype=torch.bool), "is_causal": True},
+    ),
     ((rand(3, 8).long(), rand(5, 8), rand(5, 8)), {}),
     ((rand(3, 8), rand(5, 8).double(), rand(5, 8)), {}),
     (([1.0], rand(5, 8), rand(5, 8)), {}),
@@ -287,16 +316,28 @@ def test_flash_bad_block_sizes(kwargs, error, message):
         (lambda: online_softmax(rand(3), block_size=0), ValueError, "block_size must be an int"),
         (lambda: online_softmax(rand(3), block_size=False), TypeError, "block_size must be an int"),
         (lambda: online_softmax(rand(3), dim=1), ValueError, r"dim must be an int in \[-1, 1\)"),
-        (lambda: online_softmax(torch.ones(3, dtype=torch.long)), TypeError,
-         "x must have a floating-point dtype"),
+        (
+            lambda: online_softmax(torch.ones(3, dtype=torch.long)),
+            TypeError,
+            "x must have a floating-point dtype",
+        ),
         (lambda: online_softmax([1.0]), TypeError, "x must be a torch.Tensor, got list"),
-        (lambda: linear_attention(*qkv(), feature_map="relu"), ValueError,
-         r"feature_map must be one of \['elu\+1'\] or a callable, got 'relu'"),
-        (lambda: linear_attention(*qkv(), feature_map=3), TypeError,
-         "feature_map must be a str or a callable, got int"),
+        (
+            lambda: linear_attention(*qkv(), feature_map="relu"),
+            ValueError,
+            r"feature_map must be one of \['elu\+1'\] or a callable, got 'relu'",
+        ),
+        (
+            lambda: linear_attention(*qkv(), feature_map=3),
+            TypeError,
+            "feature_map must be a str or a callable, got int",
+        ),
         (lambda: linear_attention(*qkv(), causal=True), ValueError, r"needs .* \(L == S\)"),
-        (lambda: linear_attention(rand(3, 8), rand(5, 4), rand(5, 4)), ValueError,
-         "same last .head. dimension"),
+        (
+            lambda: linear_attention(rand(3, 8), rand(5, 4), rand(5, 4)),
+            ValueError,
+            "same last .head. dimension",
+        ),
     ],
 )
 def test_bad_input(call, error, message):
@@ -305,6 +346,7 @@ def test_bad_input(call, error, message):
 
 
 # --- memory and FLOPs ----------------------------------------------------------------------
+
 
 def test_peak_memory_bytes_counts_live_storage():
     x = torch.ones(1024)  # 4 KiB that exist before the call: not counted
@@ -325,10 +367,12 @@ def test_peak_memory_is_the_same_on_the_meta_device():
     def peaks(device):
         n, E = 512, 64
         q, k, v = (rand(1, 1, n, E, seed=s).to(device).requires_grad_() for s in range(3))
-        return [peak_memory_bytes(lambda: scaled_dot_product_attention(q, k, v)),
-                peak_memory_bytes(lambda: flash_attention(q, k, v)),
-                peak_memory_bytes(train(scaled_dot_product_attention, q, k, v)),
-                peak_memory_bytes(train(flash_attention, q, k, v))]
+        return [
+            peak_memory_bytes(lambda: scaled_dot_product_attention(q, k, v)),
+            peak_memory_bytes(lambda: flash_attention(q, k, v)),
+            peak_memory_bytes(train(scaled_dot_product_attention, q, k, v)),
+            peak_memory_bytes(train(flash_attention, q, k, v)),
+        ]
 
     assert peaks("meta") == peaks("cpu")
 
@@ -367,13 +411,16 @@ def test_flop_counter_sees_four_n_squared_d_per_head():
     # the same matrix products, one tile at a time: no recomputation in the forward pass
     assert counted_flops(lambda: flash_attention(q, k, v, block_q=16, block_kv=32)) == matmuls
     # causal tiles above the diagonal are skipped: 10 of the 16 16x16 tiles are computed
-    assert counted_flops(lambda: flash_attention(q, k, v, is_causal=True, block_q=16,
-                                                 block_kv=16)) == matmuls * 10 // 16
+    assert (
+        counted_flops(lambda: flash_attention(q, k, v, is_causal=True, block_q=16, block_kv=16))
+        == matmuls * 10 // 16
+    )
     # torch's fused CPU kernel has no FLOP formula registered: it counts as 0
     assert counted_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 0
 
 
 # --- linear attention ----------------------------------------------------------------------
+
 
 def naive_linear(q, k, v, causal):
     """O(n^2) form of the same formula: phi(q) phi(k)^T, masked, rows normalised to sum 1."""

@@ -15,7 +15,6 @@ from attnbook.generation import (
 )
 from attnbook.gpt import GPT, GPTConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 V = 37
@@ -44,6 +43,7 @@ VARIANTS = {
 
 
 # --- the cache gives the same logits -----------------------------------------------------
+
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cached_logits_equal_uncached_at_every_step(name):
@@ -82,7 +82,7 @@ def test_generate_without_cache_crops_to_block_size():
     assert out.shape == (1, 15)
     with torch.no_grad():
         for t in range(8, 15):  # token t was chosen from the 8 tokens before it
-            assert out[0, t] == m(out[:, t - 8:t])[0, -1].argmax()
+            assert out[0, t] == m(out[:, t - 8 : t])[0, -1].argmax()
 
 
 def test_generate_with_cache_refuses_to_run_past_block_size():
@@ -93,6 +93,7 @@ def test_generate_with_cache_refuses_to_run_past_block_size():
 
 
 # --- the cache's size --------------------------------------------------------------------
+
 
 def test_cache_tensors_have_the_documented_shape():
     m = model(n_kv_head=2)
@@ -140,13 +141,16 @@ def test_kv_cache_bytes_for_llama_2_7b():
     assert kv_cache_bytes(32, 32, 128, 0) == 0
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(n_layer=0), ValueError, "n_layer must be >= 1"),
-    (dict(n_kv_head=2.0), TypeError, "n_kv_head must be an int"),
-    (dict(seq_len=-1), ValueError, "seq_len must be >= 0"),
-    (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
-    (dict(dtype="float16"), TypeError, "dtype must be a torch.dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(n_layer=0), ValueError, "n_layer must be >= 1"),
+        (dict(n_kv_head=2.0), TypeError, "n_kv_head must be an int"),
+        (dict(seq_len=-1), ValueError, "seq_len must be >= 0"),
+        (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+        (dict(dtype="float16"), TypeError, "dtype must be a torch.dtype"),
+    ],
+)
 def test_kv_cache_bytes_refuses_bad_arguments(kwargs, error, match):
     args = dict(n_layer=2, n_kv_head=2, head_dim=8, seq_len=4) | kwargs
     dtype = args.pop("dtype", torch.float16)
@@ -180,8 +184,9 @@ def test_cache_update_checks():
 
 def test_cache_key_and_value_must_match_from_the_first_update():
     cache = KVCache(1)
-    with pytest.raises(TypeError, match="key and value must share one dtype, got torch.float32 "
-                                        "and torch.float16"):
+    with pytest.raises(
+        TypeError, match="key and value must share one dtype, got torch.float32 and torch.float16"
+    ):
         cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4).half())
     with pytest.raises(ValueError, match="key and value must be on one device, got cpu and meta"):
         cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4, device="meta"))
@@ -193,19 +198,27 @@ def test_cache_key_and_value_must_match_from_the_first_update():
 def test_cache_layers_must_hold_as_many_tokens():
     kv = torch.zeros(1, 2, 3, 4)
     cache = KVCache(2)
-    with pytest.raises(ValueError, match="layer 1 would hold 3 tokens after this update, but "
-                                         "layer 0 holds 0: update the layers in order, 0 to 1"):
+    with pytest.raises(
+        ValueError,
+        match="layer 1 would hold 3 tokens after this update, but "
+        "layer 0 holds 0: update the layers in order, 0 to 1",
+    ):
         cache.update(1, kv, kv)
     cache.update(0, kv, kv)
-    with pytest.raises(ValueError, match="layer 1 would hold 1 tokens after this update, but "
-                                         "layer 0 holds 3"):
+    with pytest.raises(
+        ValueError, match="layer 1 would hold 1 tokens after this update, but layer 0 holds 3"
+    ):
         cache.update(1, kv[:, :, :1], kv[:, :, :1])
-    with pytest.raises(ValueError, match="layer 0 caches batch size 1, got key of batch size 2 "
-                                         "for layer 1"):
+    with pytest.raises(
+        ValueError, match="layer 0 caches batch size 1, got key of batch size 2 for layer 1"
+    ):
         cache.update(1, torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 3, 4))
     # layer 0 again before layer 1 caught up: the last forward stopped part-way
-    with pytest.raises(ValueError, match=r"the layers hold different numbers of tokens, \[3, 0\]: "
-                                         r"a forward stopped part-way"):
+    with pytest.raises(
+        ValueError,
+        match=r"the layers hold different numbers of tokens, \[3, 0\]: "
+        r"a forward stopped part-way",
+    ):
         cache.update(0, kv, kv)
     cache.update(1, kv, kv)
     cache.update(0, kv, kv)  # a complete round, then a new one
@@ -222,6 +235,7 @@ def test_a_model_forward_that_failed_part_way_is_caught_at_the_next():
 
 
 # --- sampling ----------------------------------------------------------------------------
+
 
 def test_top_k_and_greedy():
     m = model()
@@ -243,8 +257,17 @@ def test_seeded_generator_is_reproducible():
 
     assert torch.equal(run(7), run(7))
     assert not torch.equal(run(7), run(8))
-    assert torch.equal(run(7), generate(m, prompt, 12, temperature=1.5, use_cache=False,
-                                        generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(
+        run(7),
+        generate(
+            m,
+            prompt,
+            12,
+            temperature=1.5,
+            use_cache=False,
+            generator=torch.Generator().manual_seed(7),
+        ),
+    )
 
 
 def test_temperature_scales_the_distribution():
@@ -279,8 +302,14 @@ def test_no_nan_with_extreme_logits():
     logits = torch.full((3, 50), -1e4)
     logits[0, 7] = logits[1, 3] = 1e4
     logits[2, 10:13] = 1e4  # a three-way tie at the top
-    for kwargs in (dict(), dict(top_k=1), dict(top_p=1e-9), dict(temperature=1e-6),
-                   dict(temperature=1e-30, top_k=5, top_p=0.5), dict(temperature=100.0)):
+    for kwargs in (
+        dict(),
+        dict(top_k=1),
+        dict(top_p=1e-9),
+        dict(temperature=1e-6),
+        dict(temperature=1e-30, top_k=5, top_p=0.5),
+        dict(temperature=100.0),
+    ):
         draws = sample_next(logits, generator=torch.Generator().manual_seed(0), **kwargs)
         assert draws[:2].tolist() == [7, 3], kwargs
         assert 10 <= draws[2] <= 12, kwargs
@@ -299,17 +328,20 @@ def test_sample_next_refuses_bad_logits():
         sample_next(torch.zeros(1, 3, dtype=torch.long))
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),
-    (dict(top_p=1.5), ValueError, r"top_p must be in \(0, 1\]"),
-    (dict(top_p="0.9"), TypeError, "top_p must be a number"),
-    (dict(top_k=0), ValueError, "top_k must be >= 1"),
-    (dict(top_k=2.0), TypeError, "top_k must be an int"),
-    (dict(temperature=-0.5), ValueError, "temperature must be a finite number >= 0"),
-    (dict(temperature=float("nan")), ValueError, "temperature"),
-    (dict(temperature=None), TypeError, "temperature must be a number"),
-    (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), ValueError, r"top_p must be in \(0, 1\]"),
+        (dict(top_p="0.9"), TypeError, "top_p must be a number"),
+        (dict(top_k=0), ValueError, "top_k must be >= 1"),
+        (dict(top_k=2.0), TypeError, "top_k must be an int"),
+        (dict(temperature=-0.5), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature=float("nan")), ValueError, "temperature"),
+        (dict(temperature=None), TypeError, "temperature must be a number"),
+        (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0"),
+    ],
+)
 def test_generate_refuses_bad_arguments(kwargs, error, match):
     m = model()
     n = kwargs.pop("max_new_tokens", 3)
@@ -321,14 +353,23 @@ def test_generate_refuses_bad_prompts():
     m = model()
     with pytest.raises(ValueError, match="T=25, longer than block_size=24; pass use_cache=False"):
         generate(m, tokens(1, 25), 1)
-    with pytest.raises(ValueError, match=r"idx must hold at least one prompt \(B >= 1\), got "
-                                         r"shape \(0, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"idx must hold at least one prompt \(B >= 1\), got "
+        r"shape \(0, 4\)",
+    ):
         generate(m, torch.zeros(0, 4, dtype=torch.long), 2)
-    with pytest.raises(TypeError, match=r"idx must hold integer token ids \(torch.long, or "
-                                        r"torch.int32\), got torch.uint8"):
+    with pytest.raises(
+        TypeError,
+        match=r"idx must hold integer token ids \(torch.long, or "
+        r"torch.int32\), got torch.uint8",
+    ):
         generate(m, tokens(1, 3).to(torch.uint8), 1)
-    with pytest.raises(ValueError, match=r"idx holds token ids in \[0, 40\], outside the "
-                                         r"vocabulary \[0, 37\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"idx holds token ids in \[0, 40\], outside the "
+        r"vocabulary \[0, 37\)",
+    ):
         generate(m, torch.tensor([[0, 40]]), 1)
     with pytest.raises(ValueError, match=r"idx holds token ids in \[-3, 1\]"):
         generate(m, torch.tensor([[-3, 1]]), 1)
@@ -356,20 +397,24 @@ def test_generate_without_cache_crops_a_long_prompt():
     prompt = tokens(2, 11)
     out = generate(m, prompt, 3, temperature=0, use_cache=False)
     assert out.shape == (2, 14) and torch.equal(out[:, :11], prompt)
-    assert torch.equal(out[:, 11:], generate(m, prompt[:, -8:], 3, temperature=0,
-                                             use_cache=False)[:, 8:])
+    assert torch.equal(
+        out[:, 11:], generate(m, prompt[:, -8:], 3, temperature=0, use_cache=False)[:, 8:]
+    )
     with pytest.raises(ValueError, match="T=11, longer than block_size=8"):
         generate(m, prompt, 3)  # the cache needs every position
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(use_cache=1), TypeError, "use_cache must be a bool, got int 1"),
-    (dict(use_cache=None), TypeError, "use_cache must be a bool, got NoneType"),
-    (dict(generator=0), TypeError, "generator must be a torch.Generator or None, got int"),
-    (dict(temperature=True), TypeError, "temperature must be a number, got bool"),
-    (dict(top_p=True), TypeError, "top_p must be a number, got bool"),
-    (dict(top_k=True), TypeError, "top_k must be an int, got bool"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(use_cache=1), TypeError, "use_cache must be a bool, got int 1"),
+        (dict(use_cache=None), TypeError, "use_cache must be a bool, got NoneType"),
+        (dict(generator=0), TypeError, "generator must be a torch.Generator or None, got int"),
+        (dict(temperature=True), TypeError, "temperature must be a number, got bool"),
+        (dict(top_p=True), TypeError, "top_p must be a number, got bool"),
+        (dict(top_k=True), TypeError, "top_k must be an int, got bool"),
+    ],
+)
 def test_generate_refuses_arguments_of_the_wrong_type(kwargs, error, match):
     with pytest.raises(error, match=match):
         generate(model(), tokens(1, 4), 2, **kwargs)
@@ -377,8 +422,10 @@ def test_generate_refuses_arguments_of_the_wrong_type(kwargs, error, match):
 
 def test_generator_must_be_on_the_logits_device():
     logits = torch.zeros(1, 3, device="meta")  # any device other than the generator's
-    with pytest.raises(ValueError, match="generator must be on the device of the logits, meta, "
-                                         "got a generator on cpu"):
+    with pytest.raises(
+        ValueError,
+        match="generator must be on the device of the logits, meta, got a generator on cpu",
+    ):
         sample_next(logits, generator=torch.Generator())
     with pytest.raises(TypeError, match="generator must be a torch.Generator or None"):
         sample_next(torch.zeros(1, 3), generator=7)
@@ -390,49 +437,62 @@ def test_numpy_scalars_are_numbers_too():
     prompt = tokens(2, 4)
 
     def run(**kwargs):
-        return generate(m, prompt, kwargs.pop("n", 5),
-                        generator=torch.Generator().manual_seed(3), **kwargs)
+        return generate(
+            m, prompt, kwargs.pop("n", 5), generator=torch.Generator().manual_seed(3), **kwargs
+        )
 
     expected = run(temperature=0.5, top_k=5, top_p=0.75)
-    assert torch.equal(run(temperature=np.float64(0.5), top_k=np.int64(5),
-                           top_p=np.float64(0.75), n=np.int64(5)), expected)
-    assert torch.equal(run(temperature=np.float32(0.5), top_k=np.int32(5),
-                           top_p=np.float32(0.75)), expected)
+    assert torch.equal(
+        run(temperature=np.float64(0.5), top_k=np.int64(5), top_p=np.float64(0.75), n=np.int64(5)),
+        expected,
+    )
+    assert torch.equal(
+        run(temperature=np.float32(0.5), top_k=np.int32(5), top_p=np.float32(0.75)), expected
+    )
     greedy = generate(m, prompt, 5, temperature=0)
     assert torch.equal(run(temperature=np.float32(0), n=np.int8(5)), greedy)
     with pytest.raises(TypeError, match="top_k must be an int, got bool"):
         generate(m, prompt, 2, top_k=np.bool_(True))
     with pytest.raises(TypeError, match="max_new_tokens must be an int, got float64"):
         generate(m, prompt, np.float64(2.0))
-    assert torch.equal(top_k_logits(torch.tensor([[1.0, 3.0, 2.0]]), np.int64(1)),
-                       torch.tensor([[-torch.inf, 3.0, -torch.inf]]))
+    assert torch.equal(
+        top_k_logits(torch.tensor([[1.0, 3.0, 2.0]]), np.int64(1)),
+        torch.tensor([[-torch.inf, 3.0, -torch.inf]]),
+    )
     assert kv_cache_bytes(np.int64(2), 2, 8, 4) == kv_cache_bytes(2, 2, 8, 4)
     assert type(kv_cache_bytes(np.int64(2), 2, 8, 4)) is int
 
 
 # --- extreme settings: never NaN ----------------------------------------------------------
 
-@pytest.mark.parametrize("logits, temperature, allowed", [
-    # the float32 temperature used to round to 0: the top logit became 0 / 0
-    ([[1.0, 3.0, 2.0]], 1e-46, {1}),
-    ([[1.0, 3.0, 2.0]], 1e-300, {1}),
-    ([[1.0, 3.0, 3.0]], 1e-300, {1, 2}),  # a tie stays a tie
-    # the float32 temperature used to round to inf: -inf / inf is NaN
-    ([[0.0, 1.0, -torch.inf]], 1e39, {0, 1}),
-    ([[0.0, 1.0, -torch.inf]], 1e308, {0, 1}),
-])
+
+@pytest.mark.parametrize(
+    "logits, temperature, allowed",
+    [
+        # the float32 temperature used to round to 0: the top logit became 0 / 0
+        ([[1.0, 3.0, 2.0]], 1e-46, {1}),
+        ([[1.0, 3.0, 2.0]], 1e-300, {1}),
+        ([[1.0, 3.0, 3.0]], 1e-300, {1, 2}),  # a tie stays a tie
+        # the float32 temperature used to round to inf: -inf / inf is NaN
+        ([[0.0, 1.0, -torch.inf]], 1e39, {0, 1}),
+        ([[0.0, 1.0, -torch.inf]], 1e308, {0, 1}),
+    ],
+)
 def test_sample_next_takes_any_positive_temperature(logits, temperature, allowed):
     rows = torch.tensor(logits).expand(200, -1)
     draws = sample_next(rows, temperature=temperature, generator=torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == allowed  # a huge temperature is uniform over the finite ones
 
 
-@pytest.mark.parametrize("logits, allowed", [
-    ([[1e300, 0.0]], {0}),  # became [inf, 0] in float32, then inf - inf
-    ([[-1e300, -1e300]], {0, 1}),  # became [-inf, -inf]: a row with no finite entry
-    ([[-1e300, -1e300 + 1e285, -torch.inf]], {1}),
-    ([[1e300, -1e300]], {0}),
-])
+@pytest.mark.parametrize(
+    "logits, allowed",
+    [
+        ([[1e300, 0.0]], {0}),  # became [inf, 0] in float32, then inf - inf
+        ([[-1e300, -1e300]], {0, 1}),  # became [-inf, -inf]: a row with no finite entry
+        ([[-1e300, -1e300 + 1e285, -torch.inf]], {1}),
+        ([[1e300, -1e300]], {0}),
+    ],
+)
 def test_sample_next_shifts_float64_logits_before_float32(logits, allowed):
     rows = torch.tensor(logits, dtype=torch.float64).expand(200, -1)
     for kwargs in (dict(), dict(top_k=2), dict(top_p=0.9), dict(temperature=1e-300)):

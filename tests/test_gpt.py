@@ -16,8 +16,8 @@ from attnbook.gpt import GPT, Block, CausalSelfAttention, GPTConfig
 from attnbook.positions import alibi_bias
 from attnbook.transformer import count_parameters
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
+
 
 def tiny(**overrides) -> GPTConfig:
     fields = dict(vocab_size=37, block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -35,28 +35,32 @@ def tokens(*shape, vocab=37, seed=1):
 
 # --- GPTConfig ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, error, match", [
-    (dict(n_embd=30), ValueError, r"n_head \(4\) must divide n_embd \(30\)"),
-    (dict(n_kv_head=3), ValueError, r"n_kv_head \(3\) must divide n_head \(4\)"),
-    (dict(n_kv_head=0), ValueError, "n_kv_head must be a positive int"),
-    (dict(positions="sine"), ValueError, "positions must be one of 'learned', 'rope', 'alibi'"),
-    (dict(norm="batchnorm"), ValueError, "norm must be one of 'layernorm', 'rmsnorm'"),
-    (dict(mlp="relu"), ValueError, "mlp must be one of 'gelu', 'swiglu'"),
-    (dict(vocab_size=0), ValueError, "vocab_size must be a positive int"),
-    (dict(block_size=-3), ValueError, "block_size must be a positive int"),
-    # wrong types are TypeError, wrong values ValueError, as in generation.py
-    (dict(block_size=8.0), TypeError, "block_size must be an int, got float 8.0"),
-    (dict(n_layer=True), TypeError, "n_layer must be an int, got bool"),
-    (dict(n_layer="2"), TypeError, "n_layer must be an int, got str '2'"),
-    (dict(n_kv_head=2.0), TypeError, "n_kv_head must be an int"),
-    (dict(positions=5), TypeError, "positions must be a str, one of 'learned'"),
-    (dict(dropout="0.1"), TypeError, "dropout must be a float, got str"),
-    (dict(dropout=1.0), ValueError, r"dropout must be a float in \[0, 1\)"),
-    (dict(dropout=float("nan")), ValueError, r"dropout must be a float in \[0, 1\)"),
-    (dict(bias=1), TypeError, "bias must be a bool"),
-    (dict(tie_weights="yes"), TypeError, "tie_weights must be a bool"),
-    (dict(n_head=32, positions="rope"), ValueError, "even head_dim"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (dict(n_embd=30), ValueError, r"n_head \(4\) must divide n_embd \(30\)"),
+        (dict(n_kv_head=3), ValueError, r"n_kv_head \(3\) must divide n_head \(4\)"),
+        (dict(n_kv_head=0), ValueError, "n_kv_head must be a positive int"),
+        (dict(positions="sine"), ValueError, "positions must be one of 'learned', 'rope', 'alibi'"),
+        (dict(norm="batchnorm"), ValueError, "norm must be one of 'layernorm', 'rmsnorm'"),
+        (dict(mlp="relu"), ValueError, "mlp must be one of 'gelu', 'swiglu'"),
+        (dict(vocab_size=0), ValueError, "vocab_size must be a positive int"),
+        (dict(block_size=-3), ValueError, "block_size must be a positive int"),
+        # wrong types are TypeError, wrong values ValueError, as in generation.py
+        (dict(block_size=8.0), TypeError, "block_size must be an int, got float 8.0"),
+        (dict(n_layer=True), TypeError, "n_layer must be an int, got bool"),
+        (dict(n_layer="2"), TypeError, "n_layer must be an int, got str '2'"),
+        (dict(n_kv_head=2.0), TypeError, "n_kv_head must be an int"),
+        (dict(positions=5), TypeError, "positions must be a str, one of 'learned'"),
+        (dict(dropout="0.1"), TypeError, "dropout must be a float, got str"),
+        (dict(dropout=1.0), ValueError, r"dropout must be a float in \[0, 1\)"),
+        (dict(dropout=float("nan")), ValueError, r"dropout must be a float in \[0, 1\)"),
+        (dict(bias=1), TypeError, "bias must be a bool"),
+        (dict(tie_weights="yes"), TypeError, "tie_weights must be a bool"),
+        (dict(n_head=32, positions="rope"), ValueError, "even head_dim"),
+    ],
+)
 def test_config_refuses_bad_fields(overrides, error, match):
     with pytest.raises(error, match=match):
         tiny(**overrides)
@@ -97,10 +101,16 @@ def test_config_is_frozen_and_replace_checks_again():
 
 # --- parameters --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("size, expected", [
-    ("small", 124_439_808), ("medium", 354_823_168), ("large", 774_030_080),
-    ("xl", 1_557_611_200),
-])
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ("small", 124_439_808),
+        ("medium", 354_823_168),
+        ("large", 774_030_080),
+        ("xl", 1_557_611_200),
+    ],
+)
 def test_gpt2_parameter_counts(size, expected):
     with torch.device("meta"):  # shapes only: no memory is allocated for the weights
         m = GPT(GPTConfig.gpt2(size))
@@ -148,12 +158,18 @@ def test_gpt2_style_init():
 
 # --- forward -----------------------------------------------------------------------------
 
-VARIANTS = [dict(), dict(positions="rope"), dict(positions="alibi"), dict(n_kv_head=2),
-            dict(n_kv_head=1, positions="rope", norm="rmsnorm", mlp="swiglu")]
+VARIANTS = [
+    dict(),
+    dict(positions="rope"),
+    dict(positions="alibi"),
+    dict(n_kv_head=2),
+    dict(n_kv_head=1, positions="rope", norm="rmsnorm", mlp="swiglu"),
+]
 
 
-@pytest.mark.parametrize("overrides", VARIANTS,
-                         ids=lambda o: "-".join(map(str, o.values())) or "gpt2")
+@pytest.mark.parametrize(
+    "overrides", VARIANTS, ids=lambda o: "-".join(map(str, o.values())) or "gpt2"
+)
 def test_forward_is_causal(overrides):
     m = model(**overrides)
     x = tokens(2, 10)
@@ -213,6 +229,7 @@ def test_gqa_groups_neighbouring_heads():
 
 # --- input checks ------------------------------------------------------------------------
 
+
 def test_forward_refuses_bad_idx():
     m = model()
     with pytest.raises(TypeError, match="idx must hold integer token ids"):
@@ -240,8 +257,10 @@ def test_forward_refuses_bad_cache():
     with pytest.raises(ValueError, match="kv_cache holds batch size 2, but idx has batch size 1"):
         m(tokens(1, 1), kv_cache=cache)
     m(tokens(2, 12), kv_cache=cache)  # 15 of 16 positions used
-    with pytest.raises(ValueError, match="kv_cache holds 15 tokens and idx adds 2: 17 positions "
-                                         "do not fit in block_size=16"):
+    with pytest.raises(
+        ValueError,
+        match="kv_cache holds 15 tokens and idx adds 2: 17 positions do not fit in block_size=16",
+    ):
         m(tokens(2, 2), kv_cache=cache)
     assert cache.length == 15  # the refused call appended nothing
     m(tokens(2, 1), kv_cache=cache)
@@ -253,11 +272,13 @@ def test_config_type_is_checked():
         GPT(dataclasses.asdict(tiny()))
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.bool,
-                                   torch.float16])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.uint8, torch.bool, torch.float16])
 def test_forward_refuses_token_ids_nn_embedding_cannot_read(dtype):
-    with pytest.raises(TypeError, match=r"idx must hold integer token ids \(torch.long, or "
-                                        rf"torch.int32\), got {dtype}"):
+    with pytest.raises(
+        TypeError,
+        match=r"idx must hold integer token ids \(torch.long, or "
+        rf"torch.int32\), got {dtype}",
+    ):
         model()(tokens(1, 3).to(dtype))
 
 
@@ -269,13 +290,17 @@ def test_forward_takes_int32_token_ids():
 
 # --- the mask of CausalSelfAttention and Block --------------------------------------------
 
+
 def test_block_refuses_a_missing_mask_for_several_tokens():
     # None used to mean "no mask": position 0 then saw the future, silently
     torch.manual_seed(0)
     block = Block(tiny()).eval()
     x = torch.randn(2, 5, 32)
-    with pytest.raises(ValueError, match=r"mask may be None only for one new token \(T=1\).* "
-                                         r"got T=5: pass .* = causal_mask\(5, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask may be None only for one new token \(T=1\).* "
+        r"got T=5: pass .* = causal_mask\(5, 5\)",
+    ):
         block(x, None)
     one = x[:, :1]  # (B, 1, E): a single token sees every key, so None means all True
     assert torch.equal(block(one, None), block(one, causal_mask(1)))
@@ -286,8 +311,11 @@ def test_attention_refuses_a_float_mask_unless_alibi():
     attn = CausalSelfAttention(tiny()).eval()
     x = torch.randn(1, 4, 32)
     for float_mask in (causal_mask(4).float(), torch.zeros(4, 4)):  # 0/1 would be a bias
-        with pytest.raises(TypeError, match=r"mask must be bool \(True = may attend\), got "
-                                            r"torch.float32: a float mask would be added"):
+        with pytest.raises(
+            TypeError,
+            match=r"mask must be bool \(True = may attend\), got "
+            r"torch.float32: a float mask would be added",
+        ):
             attn(x, float_mask)
     with pytest.raises(ValueError, match=r"mask must have shape \(T, S\) = \(4, 4\), got \(4, 5\)"):
         attn(x, causal_mask(4, 5))
@@ -303,14 +331,21 @@ def test_alibi_attention_needs_its_float_bias():
     x = torch.randn(1, 4, 32)
     assert attn(x, alibi_bias(4, 4)).shape == (1, 4, 32)
     for mask in (None, causal_mask(4)):  # either would drop the position bias silently
-        with pytest.raises(TypeError, match="with positions='alibi', mask must be the float "
-                                            r"bias alibi_bias\(H, T, S\)"):
+        with pytest.raises(
+            TypeError,
+            match="with positions='alibi', mask must be the float "
+            r"bias alibi_bias\(H, T, S\)",
+        ):
             attn(x, mask)
-    with pytest.raises(ValueError, match=r"mask must have shape \(H, T, S\) = \(4, 4, 4\), "
-                                         r"got \(4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask must have shape \(H, T, S\) = \(4, 4, 4\), "
+        r"got \(4, 4\)",
+    ):
         attn(x, alibi_bias(4, 4)[0])
-    with pytest.raises(TypeError, match="mask .* must have x's dtype torch.float32, got "
-                                        "torch.float64"):
+    with pytest.raises(
+        TypeError, match="mask .* must have x's dtype torch.float32, got torch.float64"
+    ):
         attn(x, alibi_bias(4, 4, dtype=torch.float64))
 
 
@@ -329,8 +364,9 @@ def test_attention_checks_the_cache_offset_and_layer():
     cache = KVCache(2)
     attn(torch.randn(1, 3, 32), causal_mask(3), kv_cache=cache, layer=0)
     # the keys so far are for positions 0-2: the next token is at offset 3, not 0
-    with pytest.raises(ValueError, match="offset must be the number of tokens cached in "
-                                         "layer 0, 3, got 0"):
+    with pytest.raises(
+        ValueError, match="offset must be the number of tokens cached in layer 0, 3, got 0"
+    ):
         attn(torch.randn(1, 1, 32), None, kv_cache=cache, layer=0)
     with pytest.raises(ValueError, match=r"mask must have shape \(T, S\) = \(2, 5\), got \(2, 2\)"):
         attn(torch.randn(1, 2, 32), causal_mask(2), kv_cache=cache, layer=0, offset=3)

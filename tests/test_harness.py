@@ -34,7 +34,9 @@ def book(pytester: pytest.Pytester):
     src = pytester.path / "src" / "attnbook"
     src.mkdir(parents=True)
     shutil.copy(FIXTURES / "demo.py", src / "demo.py")
-    (pytester.path / "outside.py").write_text("# --8<-- [start:double]\nx = 1\n# --8<-- [end:double]\n")
+    (pytester.path / "outside.py").write_text(
+        "# --8<-- [start:double]\nx = 1\n# --8<-- [end:double]\n"
+    )
     chapters = pytester.path / "docs" / "chapters"
     chapters.mkdir(parents=True)
 
@@ -42,8 +44,9 @@ def book(pytester: pytest.Pytester):
         for name in names if copy else ():
             shutil.copy(FIXTURES / f"{name}.md", chapters / f"{name}.md")
         paths = [f"docs/chapters/{name}.md" for name in names]
-        return pytester.runpytest("-p", "tests.harness.plugin", "-p", "no:cacheprovider",
-                                  *args, *paths)
+        return pytester.runpytest(
+            "-p", "tests.harness.plugin", "-p", "no:cacheprovider", *args, *paths
+        )
 
     run.path = pytester.path
     return run
@@ -57,84 +60,98 @@ def test_sound_page_passes(book):
 
 def test_each_fence_is_its_own_test_named_by_line(book):
     result = book("good", args=("-v",))
-    result.stdout.fnmatch_lines([
-        "*good.md::line 5 python+output PASSED*",
-        "*good.md::line 15 python PASSED*",
-        "*good.md::line 19 source PASSED*",
-        "*good.md::line 23 console (not run) PASSED*",
-        "*good.md::line 27 text (not run) PASSED*",
-        "*good.md::line 34 python+output PASSED*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*good.md::line 5 python+output PASSED*",
+            "*good.md::line 15 python PASSED*",
+            "*good.md::line 19 source PASSED*",
+            "*good.md::line 23 console (not run) PASSED*",
+            "*good.md::line 27 text (not run) PASSED*",
+            "*good.md::line 34 python+output PASSED*",
+        ]
+    )
 
 
 def test_block_that_raises_fails_with_file_and_line(book):
     result = book("raises")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*docs/chapters/raises.md:3: the python block failed (exit status 1)*",
-        '*File "*docs/chapters/raises.md", line 5, in <module>*',
-        "*y = x / 0*",
-        "*ZeroDivisionError: division by zero*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*docs/chapters/raises.md:3: the python block failed (exit status 1)*",
+            '*File "*docs/chapters/raises.md", line 5, in <module>*',
+            "*y = x / 0*",
+            "*ZeroDivisionError: division by zero*",
+        ]
+    )
 
 
 def test_changed_output_fails_with_a_diff(book):
     result = book("changed_output")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*docs/chapters/changed_output.md:3: the Output block at line 7 differs*",
-        "*--- docs/chapters/changed_output.md:7 (Output block on the page)*",
-        "*+++ what the block really prints*",
-        "-0.6666",
-        "+0.6667",
-        "*make refresh PAGE=docs/chapters/changed_output.md*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*docs/chapters/changed_output.md:3: the Output block at line 7 differs*",
+            "*--- docs/chapters/changed_output.md:7 (Output block on the page)*",
+            "*+++ what the block really prints*",
+            "-0.6666",
+            "+0.6667",
+            "*make refresh PAGE=docs/chapters/changed_output.md*",
+        ]
+    )
 
 
 def test_printed_output_must_be_on_the_page(book):
     result = book("missing_output")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*missing_output.md:3: the python block prints output but the page shows no*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*missing_output.md:3: the python block prints output but the page shows no*",
+        ]
+    )
 
 
 def test_unsupported_fences_are_rejected_with_file_and_line(book):
     result = book("unsupported")
     result.assert_outcomes(failed=8)
     where = "*docs/chapters/unsupported.md"
-    result.stdout.fnmatch_lines_random([
-        f'{where}:3: ```python title="example.py" is not run by the suite*',
-        f"{where}:7: ```py fences are not run by the suite*",
-        f"{where}:11: ```pycon fences are not run by the suite*",
-        f"{where}:15: ~~~ fences are not run*",
-        f"{where}:19: ```{{.python}} fences are not run by the suite*",
-        f"{where}:23: ```python3 fences are not run by the suite*",
-        f"{where}:27: ```bash fences look runnable but are not run*",
-        f"{where}:31: this fence names no language*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            f'{where}:3: ```python title="example.py" is not run by the suite*',
+            f"{where}:7: ```py fences are not run by the suite*",
+            f"{where}:11: ```pycon fences are not run by the suite*",
+            f"{where}:15: ~~~ fences are not run*",
+            f"{where}:19: ```{{.python}} fences are not run by the suite*",
+            f"{where}:23: ```python3 fences are not run by the suite*",
+            f"{where}:27: ```bash fences look runnable but are not run*",
+            f"{where}:31: this fence names no language*",
+        ]
+    )
 
 
 def test_includes_that_do_not_resolve_fail(book):
     result = book("missing_section")
     result.assert_outcomes(failed=4)
-    result.stdout.fnmatch_lines_random([
-        "*missing_section.md:3: the include 'src/attnbook/demo.py:no_such_section' does not "
-        "resolve: Snippet section 'no_such_section' could not be located*",
-        "*missing_section.md:7: the include 'src/attnbook/nowhere.py:double' does not resolve*",
-        "*missing_section.md:11: the include 'outside.py:double' is not a file under src/*",
-        "*missing_section.md:15: the include 'src/attnbook/demo.py:empty' resolves to an empty "
-        "section*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*missing_section.md:3: the include 'src/attnbook/demo.py:no_such_section' does not "
+            "resolve: Snippet section 'no_such_section' could not be located*",
+            "*missing_section.md:7: the include 'src/attnbook/nowhere.py:double' does not resolve*",
+            "*missing_section.md:11: the include 'outside.py:double' is not a file under src/*",
+            "*missing_section.md:15: the include 'src/attnbook/demo.py:empty' resolves to an empty "
+            "section*",
+        ]
+    )
 
 
 def test_a_block_cannot_use_names_from_the_block_before(book):
     result = book("needs_previous")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*needs_previous.md:7: the python block failed*",
-        "*NameError: name 'weights' is not defined*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*needs_previous.md:7: the python block failed*",
+            "*NameError: name 'weights' is not defined*",
+        ]
+    )
 
 
 def test_no_state_carries_over(book):
@@ -145,11 +162,13 @@ def test_no_state_carries_over(book):
 def test_stray_output_directives_and_includes_are_rejected(book):
     result = book("stray")
     result.assert_outcomes(failed=3)
-    result.stdout.fnmatch_lines_random([
-        "*stray.md:3: this Output block does not follow a runnable ```python block*",
-        "*stray.md:7: pytest-codeblocks directives*are not used in this book*",
-        "*stray.md:9: a snippet include outside a package-source fence is not checked*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*stray.md:3: this Output block does not follow a runnable ```python block*",
+            "*stray.md:7: pytest-codeblocks directives*are not used in this book*",
+            "*stray.md:9: a snippet include outside a package-source fence is not checked*",
+        ]
+    )
 
 
 def test_bare_expressions_are_rejected(book):
@@ -190,10 +209,14 @@ def test_unseeded_randomness_is_caught(book):
         ("sneaky_snippet", "*sneaky_snippet.md:3: a snippet include outside a package-source*"),
         ("sneaky_front_matter", "*sneaky_front_matter.md:6: the python block prints output but*"),
         ("sneaky_separator", "*sneaky_separator.md:5: the python block prints output but*"),
-        ("sneaky_section", "*sneaky_section.md:3: the section 'src/attnbook/demo.py:fenced' holds "
-                           "a fence line*"),
-        ("sneaky_section", "*sneaky_section.md:7: the include 'src/attnbook/demo.py::3' names no "
-                           "section*"),
+        (
+            "sneaky_section",
+            "*sneaky_section.md:3: the section 'src/attnbook/demo.py:fenced' holds a fence line*",
+        ),
+        (
+            "sneaky_section",
+            "*sneaky_section.md:7: the include 'src/attnbook/demo.py::3' names no section*",
+        ),
     ],
 )
 def test_blocks_that_mkdocs_renders_cannot_hide_from_the_harness(book, page, expected):
@@ -213,7 +236,9 @@ def test_blocks_end_like_scripts_threads_atexit_and_finalisers(book):
 def test_control_characters_in_output_are_refused(book):
     result = book("control")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*control.md:3: the python block prints control characters ('\\r')*"])
+    result.stdout.fnmatch_lines(
+        ["*control.md:3: the python block prints control characters ('\\r')*"]
+    )
 
 
 def test_refresh_writes_fence_like_output_safely(book):
@@ -234,15 +259,17 @@ def test_refresh_keeps_crlf_line_endings(book):
 def test_blocks_must_paste_at_the_prompt_as_they_run_as_files(book):
     result = book("repl_paste")
     result.assert_outcomes(passed=1, failed=4)
-    result.stdout.fnmatch_lines_random([
-        "*repl_paste.md:8: pasted at the >>> prompt, this line would also print its value, "
-        "<torch._C.Generator object at 0x*>, which a script does not*",
-        "*repl_paste.md:25: pasted at the >>> prompt, this line would also print its value, []*",
-        "*repl_paste.md:30: line 33: pasted at the >>> prompt this block breaks here "
-        "(invalid syntax)*add a blank line after the indented block*",
-        "*repl_paste.md:38: line 42: pasted at the >>> prompt this block breaks here "
-        "(unexpected indent)*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*repl_paste.md:8: pasted at the >>> prompt, this line would also print its value, "
+            "<torch._C.Generator object at 0x*>, which a script does not*",
+            "*repl_paste.md:25: pasted at the >>> prompt, this line would also print its value, []*",
+            "*repl_paste.md:30: line 33: pasted at the >>> prompt this block breaks here "
+            "(invalid syntax)*add a blank line after the indented block*",
+            "*repl_paste.md:38: line 42: pasted at the >>> prompt this block breaks here "
+            "(unexpected indent)*",
+        ]
+    )
 
 
 def test_the_chapter_template_passes_the_harness(book):

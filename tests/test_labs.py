@@ -27,7 +27,9 @@ def test_lab_is_a_percent_format_text_notebook(lab):
     notebook = jupytext.reads(text, fmt="py:percent")
     assert notebook.cells[0].cell_type == "markdown" and notebook.cells[0].source.startswith("# ")
     assert all(cell.cell_type in ("markdown", "code") for cell in notebook.cells)
-    assert not any(cell.get("outputs") for cell in notebook.cells), "a text notebook holds no outputs"
+    assert not any(cell.get("outputs") for cell in notebook.cells), (
+        "a text notebook holds no outputs"
+    )
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.name)
@@ -38,15 +40,22 @@ def test_lab_markdown_cells_hold_no_python_fences(lab):
         if cell.cell_type == "markdown":
             page = scan(cell.source, lab)
             python = [f for f in page.fences if f.lang.startswith("py") or "python" in f.lang]
-            assert not python, f"{lab.name}: a markdown cell holds a ```{python[0].info} fence; " \
-                               "make it a code cell"
+            assert not python, (
+                f"{lab.name}: a markdown cell holds a ```{python[0].info} fence; "
+                "make it a code cell"
+            )
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.name)
 def test_lab_runs_top_to_bottom(lab, tmp_path):
     notebook = jupytext.read(lab)
-    client = NotebookClient(notebook, kernel_name="python3", timeout=300, allow_errors=False,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook,
+        kernel_name="python3",
+        timeout=300,
+        allow_errors=False,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

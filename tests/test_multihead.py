@@ -47,8 +47,15 @@ def test_masks_match_torch_with_opposite_polarity(need_weights):
     key_padding = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])  # torch: True = ignore
     blocked = torch.zeros(4, 6, dtype=torch.bool)
     blocked[0, 1] = True
-    a, wa = ref(q, kv, kv, key_padding_mask=key_padding, attn_mask=blocked,
-                need_weights=need_weights, average_attn_weights=False)
+    a, wa = ref(
+        q,
+        kv,
+        kv,
+        key_padding_mask=key_padding,
+        attn_mask=blocked,
+        need_weights=need_weights,
+        average_attn_weights=False,
+    )
     b, wb = ours(q, kv, kv, key_mask=~key_padding, attn_mask=~blocked, need_weights=need_weights)
     assert torch.allclose(a, b, atol=1e-5)
     if need_weights:
@@ -139,25 +146,61 @@ def test_grouped_query_heads_use_repeat_interleave():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: MultiHeadAttention(10, 3), ValueError, r"num_heads \(3\) must divide embed_dim \(10\)"),
+        (
+            lambda: MultiHeadAttention(10, 3),
+            ValueError,
+            r"num_heads \(3\) must divide embed_dim \(10\)",
+        ),
         (lambda: MultiHeadAttention(16, 4, num_kv_heads=3), ValueError, "num_kv_heads"),
         (lambda: MultiHeadAttention(16, 4, num_kv_heads=True), ValueError, "num_kv_heads"),
-        (lambda: MultiHeadAttention(16, 4)(x(5, 16)), ValueError, r"query must have shape \(B, L, 16\)"),
-        (lambda: MultiHeadAttention(16, 4)(x(2, 5, 8)), ValueError, "query must have last dimension 16"),
-        (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), key_mask=torch.ones(2, 5)), TypeError,
-         "key_mask must be bool"),
-        (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), key_mask=torch.ones(2, 4, dtype=torch.bool)),
-         ValueError, r"key_mask must have shape \(B, S\) = \(2, 5\)"),
-        (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), is_causal=True,
-                                           attn_mask=causal_mask(5)), ValueError, "not both"),
-        (lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), attn_mask=torch.ones(4, 5, dtype=torch.bool)),
-         ValueError, r"attn_mask of shape \(4, 5\) does not broadcast to \(B, H, L, S\) \(2, 4, 5, 5\)"),
-        (lambda: MultiHeadAttention(16, 4, dropout="0.1"), TypeError,
-         "dropout must be a real number in .*, got str '0.1'"),
+        (
+            lambda: MultiHeadAttention(16, 4)(x(5, 16)),
+            ValueError,
+            r"query must have shape \(B, L, 16\)",
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4)(x(2, 5, 8)),
+            ValueError,
+            "query must have last dimension 16",
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4)(x(2, 5, 16), key_mask=torch.ones(2, 5)),
+            TypeError,
+            "key_mask must be bool",
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4)(
+                x(2, 5, 16), key_mask=torch.ones(2, 4, dtype=torch.bool)
+            ),
+            ValueError,
+            r"key_mask must have shape \(B, S\) = \(2, 5\)",
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4)(
+                x(2, 5, 16), is_causal=True, attn_mask=causal_mask(5)
+            ),
+            ValueError,
+            "not both",
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4)(
+                x(2, 5, 16), attn_mask=torch.ones(4, 5, dtype=torch.bool)
+            ),
+            ValueError,
+            r"attn_mask of shape \(4, 5\) does not broadcast to \(B, H, L, S\) \(2, 4, 5, 5\)",
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4, dropout="0.1"),
+            TypeError,
+            "dropout must be a real number in .*, got str '0.1'",
+        ),
         (lambda: MultiHeadAttention(16, 4, dropout=None), TypeError, "dropout must be a real"),
         (lambda: MultiHeadAttention.from_torch(nn.Linear(2, 2)), TypeError, "MultiheadAttention"),
-        (lambda: MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True)),
-         ValueError, "add_bias_kv"),
+        (
+            lambda: MultiHeadAttention.from_torch(nn.MultiheadAttention(8, 2, add_bias_kv=True)),
+            ValueError,
+            "add_bias_kv",
+        ),
     ],
 )
 def test_bad_input(call, error, message):
@@ -166,8 +209,14 @@ def test_bad_input(call, error, message):
 
 
 @settings(max_examples=30, deadline=None)
-@given(B=st.integers(1, 3), L=st.integers(1, 6), S=st.integers(1, 6),
-       heads=st.sampled_from([1, 2, 4]), seed=st.integers(0, 1000), pad=st.booleans())
+@given(
+    B=st.integers(1, 3),
+    L=st.integers(1, 6),
+    S=st.integers(1, 6),
+    heads=st.sampled_from([1, 2, 4]),
+    seed=st.integers(0, 1000),
+    pad=st.booleans(),
+)
 def test_property_cross_attention_matches_torch(B, L, S, heads, seed, pad):
     torch.manual_seed(seed)
     ref = nn.MultiheadAttention(8, heads, batch_first=True).eval()

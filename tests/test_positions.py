@@ -31,11 +31,13 @@ def randn(*shape, seed=0, dtype=torch.float32):
 def test_sinusoidal_against_hand_computed_values():
     pe = sinusoidal_positions(3, 4)
     # dim 4: pair 0 turns at frequency 1, pair 1 at 10000^(-2/4) = 1/100
-    expected = torch.tensor([
-        [0.0, 1.0, 0.0, 1.0],
-        [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)],
-        [math.sin(2), math.cos(2), math.sin(0.02), math.cos(0.02)],
-    ])
+    expected = torch.tensor(
+        [
+            [0.0, 1.0, 0.0, 1.0],
+            [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)],
+            [math.sin(2), math.cos(2), math.sin(0.02), math.cos(0.02)],
+        ]
+    )
     assert pe.shape == (3, 4) and pe.dtype == torch.float32
     assert torch.allclose(pe, expected, atol=1e-7)
 
@@ -57,8 +59,8 @@ def test_sinusoidal_shift_is_a_rotation_independent_of_position(k):
     M = torch.zeros(dim, dim, dtype=torch.float64)
     for i, w in enumerate(omega.tolist()):  # [sin, cos](p + k) = R(k w) [sin, cos](p)
         c, s = math.cos(k * w), math.sin(k * w)
-        M[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor([[c, s], [-s, c]])
-    assert torch.allclose(pe[k:] , pe[:-k] @ M.T, atol=1e-5)
+        M[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = torch.tensor([[c, s], [-s, c]])
+    assert torch.allclose(pe[k:], pe[:-k] @ M.T, atol=1e-5)
 
 
 def test_sinusoidal_zero_length_and_errors():
@@ -128,7 +130,7 @@ def reference_rope_half(x, positions, base=10000.0):
     angle = positions.double().unsqueeze(-1) * theta
     cos, sin = torch.cat((angle.cos(), angle.cos()), -1), torch.cat((angle.sin(), angle.sin()), -1)
     x = x.double()
-    rotated_half = torch.cat((-x[..., D // 2:], x[..., :D // 2]), -1)
+    rotated_half = torch.cat((-x[..., D // 2 :], x[..., : D // 2]), -1)
     return x * cos + rotated_half * sin
 
 
@@ -156,8 +158,9 @@ def test_rope_conventions_differ_by_a_fixed_channel_permutation():
     half = apply_rotary(x[..., perm], pos, interleaved=False)
     assert torch.allclose(inter[..., perm], half, atol=1e-6)
     # without the permutation they disagree away from position 0 ...
-    assert not torch.allclose(apply_rotary(x, pos, interleaved=True),
-                              apply_rotary(x, pos, interleaved=False), atol=1e-3)
+    assert not torch.allclose(
+        apply_rotary(x, pos, interleaved=True), apply_rotary(x, pos, interleaved=False), atol=1e-3
+    )
     # ... and at position 0 both are the identity, so a test there proves nothing
     zero = torch.zeros(5, dtype=torch.long)
     assert torch.equal(apply_rotary(x, zero, interleaved=True), x)
@@ -165,15 +168,22 @@ def test_rope_conventions_differ_by_a_fixed_channel_permutation():
 
 
 @settings(max_examples=40, deadline=None)
-@given(m=st.integers(0, 5000), n=st.integers(0, 5000), shift=st.integers(-500, 500),
-       seed=st.integers(0, 10_000), interleaved=st.booleans())
+@given(
+    m=st.integers(0, 5000),
+    n=st.integers(0, 5000),
+    shift=st.integers(-500, 500),
+    seed=st.integers(0, 10_000),
+    interleaved=st.booleans(),
+)
 def test_rope_scores_depend_only_on_relative_position(m, n, shift, seed, interleaved):
     shift = max(shift, -min(m, n))
     q, k = randn(2, 16, seed=seed, dtype=torch.float64)
+
     def score(a, b):
         qa = apply_rotary(q.view(1, 16), torch.tensor([a]), interleaved=interleaved)
         kb = apply_rotary(k.view(1, 16), torch.tensor([b]), interleaved=interleaved)
         return (qa * kb).sum().item()
+
     assert score(m, n) == pytest.approx(score(m + shift, n + shift), abs=1e-6)
 
 
@@ -191,10 +201,14 @@ def test_rotary_module_matches_function_and_offsets(interleaved):
     full = rope(x)
     assert torch.allclose(full, apply_rotary(x, interleaved=interleaved), atol=1e-6)
     for t in (0, 7, 19):  # one new token at a time, as in cached decoding
-        assert torch.allclose(rope(x[..., t:t + 1, :], offset=t), full[..., t:t + 1, :], atol=1e-6)
-    assert torch.allclose(rope(x[..., :3, :], offset=100),
-                          apply_rotary(x[..., :3, :], torch.arange(100, 103), interleaved=interleaved),
-                          atol=1e-5)
+        assert torch.allclose(
+            rope(x[..., t : t + 1, :], offset=t), full[..., t : t + 1, :], atol=1e-6
+        )
+    assert torch.allclose(
+        rope(x[..., :3, :], offset=100),
+        apply_rotary(x[..., :3, :], torch.arange(100, 103), interleaved=interleaved),
+        atol=1e-5,
+    )
     assert rope.state_dict() == {}
 
 
@@ -254,7 +268,11 @@ def test_alibi_bias_values_and_alignment():
 @pytest.mark.parametrize("heads", [6, 8, 12])
 def test_alibi_attention_is_sdpa_with_the_bias_as_float_mask(heads):
     B, L, D = 2, 9, 8
-    q, k, v = randn(B, heads, L, D, seed=1), randn(B, heads, L, D, seed=2), randn(B, heads, L, D, seed=3)
+    q, k, v = (
+        randn(B, heads, L, D, seed=1),
+        randn(B, heads, L, D, seed=2),
+        randn(B, heads, L, D, seed=3),
+    )
     out = scaled_dot_product_attention(q, k, v, attn_mask=alibi_bias(heads, L))
     # by hand: softmax(q k^T / sqrt(D) - slope * (i - j)) over j <= i
     slopes = alibi_slopes(heads).view(heads, 1, 1)
@@ -311,7 +329,9 @@ def test_flags_and_numbers_are_checked():
 def test_rotary_module_precision_devices_and_far_offsets():
     rope = RotaryEmbedding(16)
     x = randn(1, 3, 16, dtype=torch.float64)
-    assert torch.allclose(rope(x, offset=5000), apply_rotary(x, torch.arange(5000, 5003)), atol=1e-10)
+    assert torch.allclose(
+        rope(x, offset=5000), apply_rotary(x, torch.arange(5000, 5003)), atol=1e-10
+    )
     rope.half()  # module casts do not touch the tables
     y = randn(1, 3, 16)
     assert torch.allclose(rope(y, offset=7), apply_rotary(y, torch.arange(7, 10)), atol=1e-6)

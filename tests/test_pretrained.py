@@ -109,7 +109,9 @@ def test_every_shipped_tensor_is_accounted_for(ours):
     model, _ = ours
     fresh = MiniLM(model.config)
     extra = dict(tensors, **{"encoder.layer.9.output.dense.weight": torch.zeros(1)})
-    with pytest.raises(ValueError, match=r"no place in MiniLM: encoder\.layer\.9\.output\.dense\.weight"):
+    with pytest.raises(
+        ValueError, match=r"no place in MiniLM: encoder\.layer\.9\.output\.dense\.weight"
+    ):
         load_weights(fresh, extra)
     lacking = {k: v for k, v in tensors.items() if k != "pooler.dense.bias"}
     with pytest.raises(ValueError, match=r"lacks tensors MiniLM needs: pooler\.dense\.bias"):

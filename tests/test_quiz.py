@@ -33,10 +33,13 @@ QUESTION = "div.admonition.question"
 ANY_QUESTION = ".md-typeset div.admonition.question, .md-typeset details.question"
 _HTML_QUESTION = re.compile(
     r'<(?:div class="admonition question"|details class="question"[^>]*)>\s*'
-    r'<(?:p class="admonition-title"|summary)>(.*?)</(?:p|summary)>', re.S)
+    r'<(?:p class="admonition-title"|summary)>(.*?)</(?:p|summary)>',
+    re.S,
+)
 
 
 # -- the Markdown source, read without the script's help -----------------------------------
+
 
 def source_quizzes(md: Path) -> list[dict]:
     """Each ``!!! question`` of a page: its title, option count, answer number, explanation."""
@@ -47,7 +50,7 @@ def source_quizzes(md: Path) -> list[dict]:
         if not head:
             continue
         block = []
-        for body in lines[i + 1:]:
+        for body in lines[i + 1 :]:
             if body.strip() and not body.startswith("    "):
                 break
             block.append(body)
@@ -55,13 +58,20 @@ def source_quizzes(md: Path) -> list[dict]:
         answer, explanation = None, ""
         for k, body in enumerate(block):
             if re.match(r'^    \?\?\? success "Answer"', body):
-                rest = [b.strip() for b in block[k + 1:] if b.startswith("        ")]
+                rest = [b.strip() for b in block[k + 1 :] if b.startswith("        ")]
                 bold = re.match(r"^\*\*(\d+)\.\*\*\s*(.*)$", " ".join(rest), re.S)
                 if bold:
                     answer, explanation = int(bold[1]), bold[2]
                 break
-        quizzes.append({"title": head[1], "options": len(options), "answer": answer,
-                        "explanation": explanation, "line": i + 1})
+        quizzes.append(
+            {
+                "title": head[1],
+                "options": len(options),
+                "answer": answer,
+                "explanation": explanation,
+                "line": i + 1,
+            }
+        )
     return quizzes
 
 
@@ -80,14 +90,16 @@ def _norm(text: str) -> str:
 def _source_for(page_dir: str) -> Path | None:
     """The Markdown file a built page came from (``chapters/05-x/`` -> docs/chapters/05-x.md)."""
     rel = page_dir.strip("/")
-    for candidate in ([DOCS / "index.md"] if not rel else
-                      [DOCS / f"{rel}.md", DOCS / rel / "index.md"]):
+    for candidate in (
+        [DOCS / "index.md"] if not rel else [DOCS / f"{rel}.md", DOCS / rel / "index.md"]
+    ):
         if candidate.exists():
             return candidate
     return None
 
 
 # -- the browser ---------------------------------------------------------------------------
+
 
 def _new_page(browser, **context_args):
     """Like conftest's ``page`` fixture, for contexts with other settings; close the context."""
@@ -101,13 +113,16 @@ def _new_page(browser, **context_args):
 
 def _questions(page):
     """Every question box on the page as the script left it, in document order."""
-    return page.eval_on_selector_all(ANY_QUESTION, """boxes => boxes.map(box => ({
+    return page.eval_on_selector_all(
+        ANY_QUESTION,
+        """boxes => boxes.map(box => ({
         title: (box.querySelector('.admonition-title, summary') || box).textContent.trim(),
         ready: box.getAttribute('data-quiz-ready') === 'true',
         error: box.getAttribute('data-quiz-error'),
         answer: box.getAttribute('data-quiz-answer'),
         buttons: box.querySelectorAll('button.quiz-option').length,
-    }))""")
+    }))""",
+    )
 
 
 def _chapter_url(site_url: str, stem: str) -> str:
@@ -206,8 +221,9 @@ def test_opening_the_answer_by_hand_marks_the_right_option(page, site_url):
 def test_without_javascript_the_quiz_reads_as_written(browser, site_url):
     stem = "05-multi-head-attention"
     quizzes = source_quizzes(DOCS / "chapters" / f"{stem}.md")
-    context, page = _new_page(browser, java_script_enabled=False,
-                              viewport={"width": 1280, "height": 900})
+    context, page = _new_page(
+        browser, java_script_enabled=False, viewport={"width": 1280, "height": 900}
+    )
     try:
         page.goto(_chapter_url(site_url, stem))
         boxes = page.locator(QUESTION)
@@ -234,8 +250,13 @@ def test_without_javascript_the_quiz_reads_as_written(browser, site_url):
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_quiz_on_a_phone_in_both_palettes(browser, site_url, scheme):
-    context, page = _new_page(browser, viewport={"width": 390, "height": 844}, has_touch=True,
-                              is_mobile=True, color_scheme=scheme)
+    context, page = _new_page(
+        browser,
+        viewport={"width": 390, "height": 844},
+        has_touch=True,
+        is_mobile=True,
+        color_scheme=scheme,
+    )
     try:
         page.goto(_chapter_url(site_url, "05-multi-head-attention"))
         wanted = {"light": "default", "dark": "slate"}[scheme]
@@ -268,8 +289,10 @@ def test_every_quiz_on_every_page_is_interactive(page, site_url, built_site):
     working quiz whose right option is the source's bold number. Names every one that is not."""
     pages = {}
     for index in sorted(built_site.rglob("index.html")):
-        titles = [_norm(html.unescape(re.sub(r"<[^>]+>", "", t)))
-                  for t in _HTML_QUESTION.findall(index.read_text(encoding="utf-8"))]
+        titles = [
+            _norm(html.unescape(re.sub(r"<[^>]+>", "", t)))
+            for t in _HTML_QUESTION.findall(index.read_text(encoding="utf-8"))
+        ]
         if titles:
             pages[str(index.relative_to(built_site).parent).strip(".") + "/"] = titles
     chapters = {f"chapters/{md.stem}/" for md in (DOCS / "chapters").glob("*.md")}
@@ -281,8 +304,9 @@ def test_every_quiz_on_every_page_is_interactive(page, site_url, built_site):
         page.goto(site_url + page_dir.lstrip("/"))
         found = _questions(page)
         if len(found) != len(titles):
-            problems.append(f"{page_dir}: {len(titles)} questions in the HTML, "
-                            f"{len(found)} in the page")
+            problems.append(
+                f"{page_dir}: {len(titles)} questions in the HTML, {len(found)} in the page"
+            )
         for q in found:
             if not q["ready"]:
                 why = q["error"] or "not a `!!! question` admonition the script handles"
@@ -291,21 +315,26 @@ def test_every_quiz_on_every_page_is_interactive(page, site_url, built_site):
         expected = source_quizzes(source) if source and source.suffix == ".md" else None
         if expected is not None:
             if len(expected) != len(found):
-                problems.append(f"{page_dir}: {len(expected)} questions in {source.name}, "
-                                f"{len(found)} on the page")
+                problems.append(
+                    f"{page_dir}: {len(expected)} questions in {source.name}, "
+                    f"{len(found)} on the page"
+                )
             for quiz, q in zip(expected, found, strict=False):
                 where = f"{source.relative_to(ROOT)}:{quiz['line']} {quiz['title']!r}"
                 if quiz["answer"] is None:
                     problems.append(f"{where}: the Answer block does not start with **N.**")
                 elif not 1 <= quiz["answer"] <= quiz["options"]:
-                    problems.append(f"{where}: answer {quiz['answer']} is not one of "
-                                    f"{quiz['options']} options")
+                    problems.append(
+                        f"{where}: answer {quiz['answer']} is not one of {quiz['options']} options"
+                    )
                 elif q["ready"] and q["answer"] != str(quiz["answer"]):
-                    problems.append(f"{where}: the script says {q['answer']}, "
-                                    f"the source {quiz['answer']}")
+                    problems.append(
+                        f"{where}: the script says {q['answer']}, the source {quiz['answer']}"
+                    )
                 elif q["ready"] and q["buttons"] != quiz["options"]:
-                    problems.append(f"{where}: {q['buttons']} buttons for "
-                                    f"{quiz['options']} options")
+                    problems.append(
+                        f"{where}: {q['buttons']} buttons for {quiz['options']} options"
+                    )
         # The right option, picked, is accepted, on every quiz of every page.
         boxes = page.locator(QUESTION)
         for n in range(boxes.count()):

@@ -29,8 +29,11 @@ def close(a, b, dtype):
     ["plain", "bool", "float", "causal", "causal_rect", "scale", "broadcast", "gqa", "3d"],
 )
 def test_parity_with_torch(case, dtype):
-    q, k, v = rand(2, 4, 5, 8, dtype=dtype), rand(2, 4, 7, 8, dtype=dtype, seed=1), \
-        rand(2, 4, 7, 6, dtype=dtype, seed=2)
+    q, k, v = (
+        rand(2, 4, 5, 8, dtype=dtype),
+        rand(2, 4, 7, 8, dtype=dtype, seed=1),
+        rand(2, 4, 7, 6, dtype=dtype, seed=2),
+    )
     kwargs = {}
     if case == "bool":
         kwargs["attn_mask"] = rand(5, 7, seed=3) > 0
@@ -113,29 +116,68 @@ def test_padding_mask():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: scaled_dot_product_attention(rand(4), rand(4), rand(4)), ValueError,
-         r"query must have shape \(\.\.\., L, E\) with at least 2 dimensions, got a 1-D"),
-        (lambda: scaled_dot_product_attention(rand(2, 3, 8), rand(2, 3, 4), rand(2, 3, 4)),
-         ValueError, "same last .head. dimension, got query .*8.*key .*4"),
-        (lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8), rand(4, 8)), ValueError,
-         "key and value must have the same length S"),
-        (lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8), rand(5, 8),
-                                              attn_mask=torch.ones(4, 5, dtype=torch.bool)),
-         ValueError, r"attn_mask of shape \(4, 5\) does not broadcast to the scores' shape \(3, 5\)"),
-        (lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8), rand(5, 8),
-                                              attn_mask=torch.ones(3, 5, dtype=torch.int64)),
-         TypeError, "attn_mask must be bool .* or floating point .*, got torch.int64"),
-        (lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8), rand(5, 8), is_causal=True,
-                                              attn_mask=torch.ones(3, 5, dtype=torch.bool)),
-         ValueError, "either attn_mask or is_causal"),
-        (lambda: scaled_dot_product_attention(rand(3, 8).long(), rand(5, 8), rand(5, 8)),
-         TypeError, "query must have a floating-point dtype"),
-        (lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8).double(), rand(5, 8)),
-         TypeError, "share one dtype"),
-        (lambda: scaled_dot_product_attention(rand(1, 6, 3, 8), rand(1, 4, 5, 8), rand(1, 4, 5, 8),
-                                              enable_gqa=True), ValueError, "multiple of key"),
-        (lambda: scaled_dot_product_attention([1.0], rand(5, 8), rand(5, 8)), TypeError,
-         "query must be a torch.Tensor, got list"),
+        (
+            lambda: scaled_dot_product_attention(rand(4), rand(4), rand(4)),
+            ValueError,
+            r"query must have shape \(\.\.\., L, E\) with at least 2 dimensions, got a 1-D",
+        ),
+        (
+            lambda: scaled_dot_product_attention(rand(2, 3, 8), rand(2, 3, 4), rand(2, 3, 4)),
+            ValueError,
+            "same last .head. dimension, got query .*8.*key .*4",
+        ),
+        (
+            lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8), rand(4, 8)),
+            ValueError,
+            "key and value must have the same length S",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                rand(3, 8), rand(5, 8), rand(5, 8), attn_mask=torch.ones(4, 5, dtype=torch.bool)
+            ),
+            ValueError,
+            r"attn_mask of shape \(4, 5\) does not broadcast to the scores' shape \(3, 5\)",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                rand(3, 8), rand(5, 8), rand(5, 8), attn_mask=torch.ones(3, 5, dtype=torch.int64)
+            ),
+            TypeError,
+            "attn_mask must be bool .* or floating point .*, got torch.int64",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                rand(3, 8),
+                rand(5, 8),
+                rand(5, 8),
+                is_causal=True,
+                attn_mask=torch.ones(3, 5, dtype=torch.bool),
+            ),
+            ValueError,
+            "either attn_mask or is_causal",
+        ),
+        (
+            lambda: scaled_dot_product_attention(rand(3, 8).long(), rand(5, 8), rand(5, 8)),
+            TypeError,
+            "query must have a floating-point dtype",
+        ),
+        (
+            lambda: scaled_dot_product_attention(rand(3, 8), rand(5, 8).double(), rand(5, 8)),
+            TypeError,
+            "share one dtype",
+        ),
+        (
+            lambda: scaled_dot_product_attention(
+                rand(1, 6, 3, 8), rand(1, 4, 5, 8), rand(1, 4, 5, 8), enable_gqa=True
+            ),
+            ValueError,
+            "multiple of key",
+        ),
+        (
+            lambda: scaled_dot_product_attention([1.0], rand(5, 8), rand(5, 8)),
+            TypeError,
+            "query must be a torch.Tensor, got list",
+        ),
         (lambda: causal_mask(-1), ValueError, "q_len must be a non-negative int"),
         (lambda: padding_mask([1.5, 2.0]), TypeError, "lengths must be a 1-D sequence of ints"),
         (lambda: padding_mask([3], max_len=2), ValueError, "max_len=2 is shorter"),
@@ -149,10 +191,14 @@ def test_bad_input(call, error, message):
 @settings(max_examples=80, deadline=None)
 @given(
     batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),
-    L=st.integers(1, 6), S=st.integers(1, 6), E=st.integers(1, 8), Ev=st.integers(1, 5),
+    L=st.integers(1, 6),
+    S=st.integers(1, 6),
+    E=st.integers(1, 8),
+    Ev=st.integers(1, 5),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.float16]),
     mask_kind=st.sampled_from(["none", "bool", "float", "causal"]),
-    dead_row=st.booleans(), seed=st.integers(0, 10_000),
+    dead_row=st.booleans(),
+    seed=st.integers(0, 10_000),
 )
 def test_property_parity(batch, L, S, E, Ev, dtype, mask_kind, dead_row, seed):
     g = torch.Generator().manual_seed(seed)

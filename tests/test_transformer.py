@@ -73,6 +73,7 @@ REAL = padding_mask(LENGTHS)  # (3, 6), True = real token
 
 # ---- encoder layer ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("masks", ["none", "padding", "causal", "both"])
@@ -83,8 +84,11 @@ def test_encoder_layer_matches_torch(norm_first, mode, masks):
     pad = masks in ("padding", "both")
     causal = masks in ("causal", "both")
     with set_mode(mode, ref, ours):
-        a = ref(src, src_mask=~causal_mask(6) if causal else None,
-                src_key_padding_mask=~REAL if pad else None)
+        a = ref(
+            src,
+            src_mask=~causal_mask(6) if causal else None,
+            src_key_padding_mask=~REAL if pad else None,
+        )
         b = ours(src, key_mask=REAL if pad else None, is_causal=causal)
     assert torch.allclose(a, b, atol=ATOL)
 
@@ -125,12 +129,14 @@ def test_swiglu_layer_runs_and_trains():
 
 # ---- encoder stack ---------------------------------------------------------------------------
 
+
 @no_nested_warning
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_encoder_matches_torch_at_every_position_without_nesting(norm_first, mode):
-    layer = nn.TransformerEncoderLayer(E, H, FF, dropout=0.0, batch_first=True,
-                                       norm_first=norm_first)
+    layer = nn.TransformerEncoderLayer(
+        E, H, FF, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
     ref = perturbed(nn.TransformerEncoder(layer, 3, nn.LayerNorm(E), enable_nested_tensor=False))
     ours = TransformerEncoder.from_torch(ref)
     assert len(ours.layers) == 3 and isinstance(ours.norm, LayerNorm)
@@ -145,8 +151,11 @@ def test_encoder_matches_torch_at_every_position_without_nesting(norm_first, mod
 @pytest.mark.parametrize("final_norm", [False, True])
 def test_encoder_matches_torch_nested_tensor_fast_path_at_real_tokens(final_norm):
     layer = nn.TransformerEncoderLayer(E, H, FF, dropout=0.0, batch_first=True)
-    ref = perturbed(nn.TransformerEncoder(layer, 2, nn.LayerNorm(E) if final_norm else None,
-                                          enable_nested_tensor=True)).eval()
+    ref = perturbed(
+        nn.TransformerEncoder(
+            layer, 2, nn.LayerNorm(E) if final_norm else None, enable_nested_tensor=True
+        )
+    ).eval()
     ours = TransformerEncoder.from_torch(ref).eval()
     src = x(3, 6, E)
     with torch.no_grad():
@@ -203,8 +212,13 @@ def test_decoder_layer_matches_torch(norm_first, mode):
     ours = TransformerDecoderLayer.from_torch(ref)
     tgt, memory = x(3, 5, E), x(3, 6, E, seed=2)
     with set_mode(mode, ref, ours):
-        a = ref(tgt, memory, tgt_mask=~causal_mask(5), tgt_key_padding_mask=~TGT_REAL,
-                memory_key_padding_mask=~REAL)
+        a = ref(
+            tgt,
+            memory,
+            tgt_mask=~causal_mask(5),
+            tgt_key_padding_mask=~TGT_REAL,
+            memory_key_padding_mask=~REAL,
+        )
         b = ours(tgt, memory, tgt_is_causal=True, tgt_key_mask=TGT_REAL, memory_key_mask=REAL)
     assert torch.allclose(a, b, atol=ATOL)
 
@@ -223,23 +237,38 @@ def test_decoder_layer_memory_mask_matches_torch():
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_decoder_matches_torch(norm_first, mode):
-    layer = nn.TransformerDecoderLayer(E, H, FF, dropout=0.0, batch_first=True,
-                                       norm_first=norm_first)
+    layer = nn.TransformerDecoderLayer(
+        E, H, FF, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
     ref = perturbed(nn.TransformerDecoder(layer, 3, nn.LayerNorm(E)))
     ours = TransformerDecoder.from_torch(ref)
     tgt, memory = x(3, 5, E), x(3, 6, E, seed=2)
     with set_mode(mode, ref, ours):
-        a = ref(tgt, memory, tgt_mask=~causal_mask(5), tgt_key_padding_mask=~TGT_REAL,
-                memory_key_padding_mask=~REAL)
+        a = ref(
+            tgt,
+            memory,
+            tgt_mask=~causal_mask(5),
+            tgt_key_padding_mask=~TGT_REAL,
+            memory_key_padding_mask=~REAL,
+        )
         b = ours(tgt, memory, tgt_is_causal=True, tgt_key_mask=TGT_REAL, memory_key_mask=REAL)
     assert torch.allclose(a, b, atol=ATOL)
 
 
 # ---- the full Transformer --------------------------------------------------------------------
 
+
 def torch_transformer(**kwargs):
-    kwargs = dict(num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=FF, dropout=0.0,
-                  batch_first=True) | kwargs
+    kwargs = (
+        dict(
+            num_encoder_layers=2,
+            num_decoder_layers=2,
+            dim_feedforward=FF,
+            dropout=0.0,
+            batch_first=True,
+        )
+        | kwargs
+    )
     return perturbed(nn.Transformer(E, H, **kwargs))
 
 
@@ -251,11 +280,23 @@ def test_transformer_matches_torch(norm_first, mode):
     ours = Transformer.from_torch(ref)
     src, tgt = x(3, 6, E), x(3, 5, E, seed=2)
     with set_mode(mode, ref, ours):
-        a = ref(src, tgt, tgt_mask=~causal_mask(5), src_key_padding_mask=~REAL,
-                tgt_key_padding_mask=~TGT_REAL, memory_key_padding_mask=~REAL)
+        a = ref(
+            src,
+            tgt,
+            tgt_mask=~causal_mask(5),
+            src_key_padding_mask=~REAL,
+            tgt_key_padding_mask=~TGT_REAL,
+            memory_key_padding_mask=~REAL,
+        )
         b = ours(src, tgt, tgt_is_causal=True, src_key_mask=REAL, tgt_key_mask=TGT_REAL)
-        c = ours(src, tgt, tgt_is_causal=True, src_key_mask=REAL, tgt_key_mask=TGT_REAL,
-                 memory_key_mask=REAL)
+        c = ours(
+            src,
+            tgt,
+            tgt_is_causal=True,
+            src_key_mask=REAL,
+            tgt_key_mask=TGT_REAL,
+            memory_key_mask=REAL,
+        )
     assert torch.allclose(a, b, atol=ATOL)
     assert torch.equal(b, c)  # memory_key_mask defaults to src_key_mask
 
@@ -287,9 +328,11 @@ def test_count_parameters_trainable_only_and_tied_weights():
 
 # ---- what from_torch refuses -----------------------------------------------------------------
 
+
 def differing_stack():
-    stack = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, FF, batch_first=True), 2,
-                                  enable_nested_tensor=False)
+    stack = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, H, FF, batch_first=True), 2, enable_nested_tensor=False
+    )
     stack.layers[1] = nn.TransformerEncoderLayer(E, H, 2 * FF, batch_first=True)
     return stack
 
@@ -310,32 +353,77 @@ def missing_norm():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: TransformerEncoderLayer.from_torch(nn.TransformerEncoderLayer(E, H, FF)),
-         ValueError, "batch_first=False"),
-        (lambda: TransformerDecoderLayer.from_torch(nn.TransformerDecoderLayer(E, H, FF)),
-         ValueError, "batch_first=False"),
-        (lambda: Transformer.from_torch(nn.Transformer(E, H, 1, 1, FF)), ValueError,
-         "batch_first=False"),
-        (lambda: TransformerEncoderLayer.from_torch(torch_encoder_layer(activation=torch.tanh)),
-         ValueError, "activation .*tanh.* has no counterpart"),
-        (lambda: TransformerDecoderLayer.from_torch(
-            torch_decoder_layer(activation=nn.GELU(approximate="tanh"))),
-         ValueError, "approximate='tanh'"),
-        (lambda: TransformerEncoderLayer.from_torch(differing_dropouts()), ValueError,
-         "dropout probabilities differ"),
-        (lambda: TransformerEncoder.from_torch(differing_stack()), ValueError,
-         r"layers\[1\] differs from layers\[0\] in dim_feedforward \(64 vs 32\)"),
-        (lambda: Transformer.from_torch(missing_norm()), ValueError,
-         "m.decoder.norm is NoneType, not a LayerNorm"),
-        (lambda: Transformer.from_torch(nn.Transformer(
-            E, H, custom_encoder=nn.Identity(), batch_first=True, num_decoder_layers=1,
-            dim_feedforward=FF)), ValueError, "m.encoder is a Identity"),
-        (lambda: TransformerEncoderLayer.from_torch(torch_decoder_layer()), TypeError,
-         "torch.nn.TransformerEncoderLayer"),
-        (lambda: TransformerEncoder.from_torch(TransformerEncoder(enc, 1)), TypeError,
-         "torch.nn.TransformerEncoder"),
-        (lambda: Transformer.from_torch(Transformer(E, H, 1, 1, FF)), TypeError,
-         "torch.nn.Transformer"),
+        (
+            lambda: TransformerEncoderLayer.from_torch(nn.TransformerEncoderLayer(E, H, FF)),
+            ValueError,
+            "batch_first=False",
+        ),
+        (
+            lambda: TransformerDecoderLayer.from_torch(nn.TransformerDecoderLayer(E, H, FF)),
+            ValueError,
+            "batch_first=False",
+        ),
+        (
+            lambda: Transformer.from_torch(nn.Transformer(E, H, 1, 1, FF)),
+            ValueError,
+            "batch_first=False",
+        ),
+        (
+            lambda: TransformerEncoderLayer.from_torch(torch_encoder_layer(activation=torch.tanh)),
+            ValueError,
+            "activation .*tanh.* has no counterpart",
+        ),
+        (
+            lambda: TransformerDecoderLayer.from_torch(
+                torch_decoder_layer(activation=nn.GELU(approximate="tanh"))
+            ),
+            ValueError,
+            "approximate='tanh'",
+        ),
+        (
+            lambda: TransformerEncoderLayer.from_torch(differing_dropouts()),
+            ValueError,
+            "dropout probabilities differ",
+        ),
+        (
+            lambda: TransformerEncoder.from_torch(differing_stack()),
+            ValueError,
+            r"layers\[1\] differs from layers\[0\] in dim_feedforward \(64 vs 32\)",
+        ),
+        (
+            lambda: Transformer.from_torch(missing_norm()),
+            ValueError,
+            "m.decoder.norm is NoneType, not a LayerNorm",
+        ),
+        (
+            lambda: Transformer.from_torch(
+                nn.Transformer(
+                    E,
+                    H,
+                    custom_encoder=nn.Identity(),
+                    batch_first=True,
+                    num_decoder_layers=1,
+                    dim_feedforward=FF,
+                )
+            ),
+            ValueError,
+            "m.encoder is a Identity",
+        ),
+        (
+            lambda: TransformerEncoderLayer.from_torch(torch_decoder_layer()),
+            TypeError,
+            "torch.nn.TransformerEncoderLayer",
+        ),
+        (
+            lambda: TransformerEncoder.from_torch(TransformerEncoder(enc, 1)),
+            TypeError,
+            "torch.nn.TransformerEncoder",
+        ),
+        (
+            lambda: Transformer.from_torch(Transformer(E, H, 1, 1, FF)),
+            TypeError,
+            "torch.nn.Transformer",
+        ),
     ],
 )
 def test_from_torch_refuses(call, error, message):
@@ -353,121 +441,254 @@ def test_from_torch_refuses_encoder_and_decoder_that_differ():
 
 # ---- bad inputs ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda: TransformerEncoderLayer(10, 3), ValueError,
-         r"nhead \(3\) must divide d_model \(10\)"),
+        (
+            lambda: TransformerEncoderLayer(10, 3),
+            ValueError,
+            r"nhead \(3\) must divide d_model \(10\)",
+        ),
         (lambda: TransformerDecoderLayer(10, 4), ValueError, r"nhead \(4\) must divide d_model"),
         (lambda: Transformer(10, 3), ValueError, r"nhead \(3\) must divide d_model \(10\)"),
         (lambda: TransformerEncoderLayer(E, 0), ValueError, "nhead must be a positive int"),
-        (lambda: TransformerEncoderLayer(E, H, activation="tanh"), ValueError,
-         r"activation must be one of 'relu', 'gelu', 'swiglu', got 'tanh'"),
+        (
+            lambda: TransformerEncoderLayer(E, H, activation="tanh"),
+            ValueError,
+            r"activation must be one of 'relu', 'gelu', 'swiglu', got 'tanh'",
+        ),
         (lambda: Transformer(E, H, activation=F.relu), ValueError, "activation must be one of"),
         (lambda: TransformerEncoderLayer(E, H, dropout=1.5), ValueError, "dropout must be in"),
         (lambda: TransformerEncoderLayer(E, H, layer_norm_eps=-1), ValueError, "layer_norm_eps"),
-        (lambda: TransformerEncoderLayer(E, H, layer_norm_eps=float("nan")), ValueError,
-         "layer_norm_eps must be a non-negative finite float, got nan"),
-        (lambda: TransformerDecoderLayer(E, H, layer_norm_eps=float("inf")), ValueError,
-         "layer_norm_eps must be a non-negative finite float, got inf"),
+        (
+            lambda: TransformerEncoderLayer(E, H, layer_norm_eps=float("nan")),
+            ValueError,
+            "layer_norm_eps must be a non-negative finite float, got nan",
+        ),
+        (
+            lambda: TransformerDecoderLayer(E, H, layer_norm_eps=float("inf")),
+            ValueError,
+            "layer_norm_eps must be a non-negative finite float, got inf",
+        ),
         (lambda: Transformer(E, H, layer_norm_eps=float("nan")), ValueError, "layer_norm_eps"),
-        (lambda: TransformerEncoderLayer(E, H, layer_norm_eps="1e-5"), TypeError,
-         "layer_norm_eps must be a real number, got str"),
-        (lambda: TransformerEncoderLayer(E, H, dropout="0.1"), TypeError,
-         "dropout must be a real number in .*, got str '0.1'"),
-        (lambda: TransformerDecoderLayer(E, H, dropout=None), TypeError,
-         "dropout must be a real number in .*, got NoneType None"),
+        (
+            lambda: TransformerEncoderLayer(E, H, layer_norm_eps="1e-5"),
+            TypeError,
+            "layer_norm_eps must be a real number, got str",
+        ),
+        (
+            lambda: TransformerEncoderLayer(E, H, dropout="0.1"),
+            TypeError,
+            "dropout must be a real number in .*, got str '0.1'",
+        ),
+        (
+            lambda: TransformerDecoderLayer(E, H, dropout=None),
+            TypeError,
+            "dropout must be a real number in .*, got NoneType None",
+        ),
         (lambda: Transformer(E, H, dropout=True), TypeError, "dropout must be a real number"),
-        (lambda: TransformerEncoderLayer(E, H, norm_first="False"), TypeError,
-         "norm_first must be a bool, got 'False'"),
-        (lambda: TransformerDecoderLayer(E, H, norm_first=0), TypeError,
-         "norm_first must be a bool, got 0"),
+        (
+            lambda: TransformerEncoderLayer(E, H, norm_first="False"),
+            TypeError,
+            "norm_first must be a bool, got 'False'",
+        ),
+        (
+            lambda: TransformerDecoderLayer(E, H, norm_first=0),
+            TypeError,
+            "norm_first must be a bool, got 0",
+        ),
         (lambda: Transformer(E, H, norm_first="False"), TypeError, "norm_first must be a bool"),
         (lambda: TransformerEncoderLayer(E, H, bias=1), TypeError, "bias must be a bool, got 1"),
         (lambda: Transformer(E, H, bias="yes"), TypeError, "bias must be a bool, got 'yes'"),
-        (lambda: enc(x(2, 5, E), is_causal="False"), TypeError,
-         "is_causal must be a bool, got 'False'"),
-        (lambda: TransformerEncoder(enc, 2)(x(2, 5, E), is_causal=1), TypeError,
-         "is_causal must be a bool, got 1"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), tgt_is_causal=None), TypeError,
-         "tgt_is_causal must be a bool, got None"),
-        (lambda: both(x(2, 6, E), x(2, 5, E), src_is_causal="yes"), TypeError,
-         "src_is_causal must be a bool, got 'yes'"),
-        (lambda: both(x(2, 6, E), x(2, 5, E), tgt_is_causal=torch.tensor(True)), TypeError,
-         "tgt_is_causal must be a bool"),
-        (lambda: TransformerEncoder(enc, 2, norm=LayerNorm(8)), ValueError,
-         r"norm must normalise the layers' width d_model = 16, got a LayerNorm of shape \(8,\)"),
-        (lambda: TransformerDecoder(dec, 2, norm=nn.LayerNorm(8)), ValueError,
-         r"norm must normalise .* d_model = 16, got a LayerNorm of shape \(8,\)"),
-        (lambda: TransformerDecoder(dec, 2, norm=RMSNorm(2 * E)), ValueError,
-         "norm must normalise .* got a RMSNorm of shape"),
-        (lambda: TransformerEncoder(enc, 1, norm=nn.RMSNorm((2, E))), ValueError,
-         r"norm must normalise .* shape \(2, 16\)"),
+        (
+            lambda: enc(x(2, 5, E), is_causal="False"),
+            TypeError,
+            "is_causal must be a bool, got 'False'",
+        ),
+        (
+            lambda: TransformerEncoder(enc, 2)(x(2, 5, E), is_causal=1),
+            TypeError,
+            "is_causal must be a bool, got 1",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), tgt_is_causal=None),
+            TypeError,
+            "tgt_is_causal must be a bool, got None",
+        ),
+        (
+            lambda: both(x(2, 6, E), x(2, 5, E), src_is_causal="yes"),
+            TypeError,
+            "src_is_causal must be a bool, got 'yes'",
+        ),
+        (
+            lambda: both(x(2, 6, E), x(2, 5, E), tgt_is_causal=torch.tensor(True)),
+            TypeError,
+            "tgt_is_causal must be a bool",
+        ),
+        (
+            lambda: TransformerEncoder(enc, 2, norm=LayerNorm(8)),
+            ValueError,
+            r"norm must normalise the layers' width d_model = 16, got a LayerNorm of shape \(8,\)",
+        ),
+        (
+            lambda: TransformerDecoder(dec, 2, norm=nn.LayerNorm(8)),
+            ValueError,
+            r"norm must normalise .* d_model = 16, got a LayerNorm of shape \(8,\)",
+        ),
+        (
+            lambda: TransformerDecoder(dec, 2, norm=RMSNorm(2 * E)),
+            ValueError,
+            "norm must normalise .* got a RMSNorm of shape",
+        ),
+        (
+            lambda: TransformerEncoder(enc, 1, norm=nn.RMSNorm((2, E))),
+            ValueError,
+            r"norm must normalise .* shape \(2, 16\)",
+        ),
         (lambda: TransformerEncoder(enc, 0), ValueError, "num_layers must be a positive int"),
         (lambda: Transformer(E, H, num_decoder_layers=0), ValueError, "num_decoder_layers must"),
         (lambda: TransformerEncoder(dec, 2), TypeError, "TransformerEncoderLayer, got Transform"),
         (lambda: TransformerDecoder(dec, 2, norm="layernorm"), TypeError, "norm must be None"),
         (lambda: enc(x(5, E)), ValueError, r"src must have shape \(B, L, 16\)"),
         (lambda: enc(x(2, 5, 8)), ValueError, "src must have last dimension d_model = 16"),
-        (lambda: enc(x(2, 5, E), key_mask=torch.ones(3, 5, **BOOL)), ValueError,
-         r"key_mask must have shape \(B, S\) = \(2, 5\), got \(3, 5\)"),
+        (
+            lambda: enc(x(2, 5, E), key_mask=torch.ones(3, 5, **BOOL)),
+            ValueError,
+            r"key_mask must have shape \(B, S\) = \(2, 5\), got \(3, 5\)",
+        ),
         (lambda: enc(x(2, 5, E), key_mask=torch.ones(2, 5)), TypeError, "key_mask must be bool"),
-        (lambda: enc(x(2, 5, E), attn_mask=torch.ones(3, 1, 5, 5, **BOOL)), ValueError,
-         r"attn_mask of shape \(3, 1, 5, 5\) does not broadcast to \(B, H, L, S\)"),
-        (lambda: enc(x(2, 5, E), attn_mask=torch.ones(5, 5, dtype=torch.long)), TypeError,
-         "attn_mask must be bool"),
-        (lambda: enc(x(2, 5, E), attn_mask=causal_mask(5), is_causal=True), ValueError,
-         "either attn_mask or is_causal=True, not both"),
-        (lambda: dec(x(2, 5, E), x(2, 6, 8)), ValueError,
-         r"memory must have last dimension d_model = 16, got shape \(2, 6, 8\)"),
+        (
+            lambda: enc(x(2, 5, E), attn_mask=torch.ones(3, 1, 5, 5, **BOOL)),
+            ValueError,
+            r"attn_mask of shape \(3, 1, 5, 5\) does not broadcast to \(B, H, L, S\)",
+        ),
+        (
+            lambda: enc(x(2, 5, E), attn_mask=torch.ones(5, 5, dtype=torch.long)),
+            TypeError,
+            "attn_mask must be bool",
+        ),
+        (
+            lambda: enc(x(2, 5, E), attn_mask=causal_mask(5), is_causal=True),
+            ValueError,
+            "either attn_mask or is_causal=True, not both",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, 8)),
+            ValueError,
+            r"memory must have last dimension d_model = 16, got shape \(2, 6, 8\)",
+        ),
         (lambda: dec(x(2, 5, E), x(3, 6, E)), ValueError, "memory must have batch size B = 2"),
         (lambda: dec(x(2, 5, E), x(2, 6)), ValueError, r"memory must have shape \(B, L, 16\)"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), tgt_key_mask=torch.ones(3, 5, **BOOL)), ValueError,
-         r"tgt_key_mask must have shape \(B, S\) = \(2, 5\)"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), memory_key_mask=torch.ones(1, 6, **BOOL)),
-         ValueError, r"memory_key_mask must have shape \(B, S\) = \(2, 6\), got \(1, 6\)"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), memory_key_mask=torch.ones(2, 5, **BOOL)),
-         ValueError, r"memory_key_mask must have shape \(B, S\) = \(2, 6\), got \(2, 5\)"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), memory_attn_mask=torch.ones(5, 5, **BOOL)),
-         ValueError, r"memory_attn_mask of shape \(5, 5\) does not broadcast"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), tgt_attn_mask=causal_mask(5), tgt_is_causal=True),
-         ValueError, "either tgt_attn_mask or tgt_is_causal=True"),
-        (lambda: both(x(2, 6, E), x(2, 5, E), src_key_mask=torch.ones(3, 6, **BOOL)),
-         ValueError, r"src_key_mask must have shape \(B, S\) = \(2, 6\)"),
-        (lambda: both(x(2, 6, E), x(3, 5, E)), ValueError,
-         r"tgt must have batch size B = 2 \(that of src\), got shape \(3, 5, 16\)"),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), tgt_key_mask=torch.ones(3, 5, **BOOL)),
+            ValueError,
+            r"tgt_key_mask must have shape \(B, S\) = \(2, 5\)",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), memory_key_mask=torch.ones(1, 6, **BOOL)),
+            ValueError,
+            r"memory_key_mask must have shape \(B, S\) = \(2, 6\), got \(1, 6\)",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), memory_key_mask=torch.ones(2, 5, **BOOL)),
+            ValueError,
+            r"memory_key_mask must have shape \(B, S\) = \(2, 6\), got \(2, 5\)",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), memory_attn_mask=torch.ones(5, 5, **BOOL)),
+            ValueError,
+            r"memory_attn_mask of shape \(5, 5\) does not broadcast",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), tgt_attn_mask=causal_mask(5), tgt_is_causal=True),
+            ValueError,
+            "either tgt_attn_mask or tgt_is_causal=True",
+        ),
+        (
+            lambda: both(x(2, 6, E), x(2, 5, E), src_key_mask=torch.ones(3, 6, **BOOL)),
+            ValueError,
+            r"src_key_mask must have shape \(B, S\) = \(2, 6\)",
+        ),
+        (
+            lambda: both(x(2, 6, E), x(3, 5, E)),
+            ValueError,
+            r"tgt must have batch size B = 2 \(that of src\), got shape \(3, 5, 16\)",
+        ),
         (lambda: count_parameters([nn.Linear(2, 2)]), TypeError, "module must be a torch.nn"),
         # dtypes: checked before torch's "mat1 and mat2 must have the same dtype"
-        (lambda: enc(x(2, 5, E).double()), TypeError,
-         r"src is float64 but the layer's weights are float32; convert one with \.to"),
-        (lambda: TransformerEncoder(enc, 2, LayerNorm(E))(x(2, 5, E).half()), TypeError,
-         "src is float16 but the layer's weights are float32"),
-        (lambda: dec(x(2, 5, E).bfloat16(), x(2, 6, E)), TypeError,
-         "tgt is bfloat16 but the layer's weights are float32"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E).double()), TypeError,
-         "memory is float64 but the layer's weights are float32"),
-        (lambda: TransformerDecoder(dec, 2)(x(2, 5, E), x(2, 6, E).double()), TypeError,
-         "memory is float64 but the layer's weights"),
-        (lambda: both(x(2, 6, E).double(), x(2, 5, E)), TypeError,
-         "src is float64 but the model's weights are float32"),
-        (lambda: both(x(2, 6, E), x(2, 5, E).half()), TypeError,
-         "tgt is float16 but the model's weights are float32"),
+        (
+            lambda: enc(x(2, 5, E).double()),
+            TypeError,
+            r"src is float64 but the layer's weights are float32; convert one with \.to",
+        ),
+        (
+            lambda: TransformerEncoder(enc, 2, LayerNorm(E))(x(2, 5, E).half()),
+            TypeError,
+            "src is float16 but the layer's weights are float32",
+        ),
+        (
+            lambda: dec(x(2, 5, E).bfloat16(), x(2, 6, E)),
+            TypeError,
+            "tgt is bfloat16 but the layer's weights are float32",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E).double()),
+            TypeError,
+            "memory is float64 but the layer's weights are float32",
+        ),
+        (
+            lambda: TransformerDecoder(dec, 2)(x(2, 5, E), x(2, 6, E).double()),
+            TypeError,
+            "memory is float64 but the layer's weights",
+        ),
+        (
+            lambda: both(x(2, 6, E).double(), x(2, 5, E)),
+            TypeError,
+            "src is float64 but the model's weights are float32",
+        ),
+        (
+            lambda: both(x(2, 6, E), x(2, 5, E).half()),
+            TypeError,
+            "tgt is float16 but the model's weights are float32",
+        ),
         # masks on another device than the input (meta: no data, so no silent result)
-        (lambda: enc(x(2, 5, E), key_mask=torch.ones(2, 5, **BOOL, device="meta")), ValueError,
-         r"key_mask is on meta but src is on cpu; move the mask with \.to\(src\.device\)"),
-        (lambda: enc(x(2, 5, E), attn_mask=torch.ones(5, 5, **BOOL, device="meta")), ValueError,
-         "attn_mask is on meta but src is on cpu"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), tgt_attn_mask=torch.zeros(5, 5, device="meta")),
-         ValueError, "tgt_attn_mask is on meta but tgt is on cpu"),
-        (lambda: dec(x(2, 5, E), x(2, 6, E), memory_key_mask=torch.ones(2, 6, **BOOL,
-                                                                         device="meta")),
-         ValueError, "memory_key_mask is on meta but memory is on cpu"),
-        (lambda: both(x(2, 6, E), x(2, 5, E), src_key_mask=torch.ones(2, 6, **BOOL,
-                                                                       device="meta")),
-         ValueError, "src_key_mask is on meta but src is on cpu"),
-        (lambda: both(x(2, 6, E), x(2, 5, E), memory_attn_mask=torch.ones(5, 6, **BOOL,
-                                                                           device="meta")),
-         ValueError, "memory_attn_mask is on meta but tgt is on cpu"),
+        (
+            lambda: enc(x(2, 5, E), key_mask=torch.ones(2, 5, **BOOL, device="meta")),
+            ValueError,
+            r"key_mask is on meta but src is on cpu; move the mask with \.to\(src\.device\)",
+        ),
+        (
+            lambda: enc(x(2, 5, E), attn_mask=torch.ones(5, 5, **BOOL, device="meta")),
+            ValueError,
+            "attn_mask is on meta but src is on cpu",
+        ),
+        (
+            lambda: dec(x(2, 5, E), x(2, 6, E), tgt_attn_mask=torch.zeros(5, 5, device="meta")),
+            ValueError,
+            "tgt_attn_mask is on meta but tgt is on cpu",
+        ),
+        (
+            lambda: dec(
+                x(2, 5, E), x(2, 6, E), memory_key_mask=torch.ones(2, 6, **BOOL, device="meta")
+            ),
+            ValueError,
+            "memory_key_mask is on meta but memory is on cpu",
+        ),
+        (
+            lambda: both(
+                x(2, 6, E), x(2, 5, E), src_key_mask=torch.ones(2, 6, **BOOL, device="meta")
+            ),
+            ValueError,
+            "src_key_mask is on meta but src is on cpu",
+        ),
+        (
+            lambda: both(
+                x(2, 6, E), x(2, 5, E), memory_attn_mask=torch.ones(5, 6, **BOOL, device="meta")
+            ),
+            ValueError,
+            "memory_attn_mask is on meta but tgt is on cpu",
+        ),
     ],
 )
 def test_bad_input(call, error, message):
@@ -477,9 +698,11 @@ def test_bad_input(call, error, message):
 
 # ---- Transformer.forward checks everything up front, under its own argument names -----------
 
+
 def refuse_encoder_calls(model):
     def hook(*_):
         raise AssertionError("the encoder ran before the inputs were checked")
+
     return model.encoder.register_forward_pre_hook(hook)
 
 
@@ -489,23 +712,47 @@ def refuse_encoder_calls(model):
         (dict(tgt=x(3, 5, E)), ValueError, r"tgt must have batch size B = 2 \(that of src\)"),
         (dict(tgt=x(2, 5, 8)), ValueError, "tgt must have last dimension d_model = 16"),
         (dict(src=x(2, 6)), ValueError, r"src must have shape \(B, L, 16\)"),
-        (dict(src_attn_mask=causal_mask(6), src_is_causal=True), ValueError,
-         "either src_attn_mask or src_is_causal=True, not both"),
-        (dict(src_attn_mask=torch.ones(5, 5, **BOOL)), ValueError,
-         r"src_attn_mask of shape \(5, 5\) does not broadcast to \(B, H, L, S\) \(2, 4, 6, 6\)"),
-        (dict(src_attn_mask=torch.ones(6, 6, dtype=torch.long)), TypeError,
-         "src_attn_mask must be bool"),
+        (
+            dict(src_attn_mask=causal_mask(6), src_is_causal=True),
+            ValueError,
+            "either src_attn_mask or src_is_causal=True, not both",
+        ),
+        (
+            dict(src_attn_mask=torch.ones(5, 5, **BOOL)),
+            ValueError,
+            r"src_attn_mask of shape \(5, 5\) does not broadcast to \(B, H, L, S\) \(2, 4, 6, 6\)",
+        ),
+        (
+            dict(src_attn_mask=torch.ones(6, 6, dtype=torch.long)),
+            TypeError,
+            "src_attn_mask must be bool",
+        ),
         (dict(src_key_mask=torch.ones(2, 6)), TypeError, "src_key_mask must be bool"),
-        (dict(src_key_mask=torch.ones(2, 5, **BOOL)), ValueError,
-         r"src_key_mask must have shape \(B, S\) = \(2, 6\), got \(2, 5\)"),
-        (dict(tgt_key_mask=torch.ones(2, 6, **BOOL)), ValueError,
-         r"tgt_key_mask must have shape \(B, S\) = \(2, 5\), got \(2, 6\)"),
-        (dict(tgt_attn_mask=torch.ones(6, 6, **BOOL)), ValueError,
-         r"tgt_attn_mask of shape \(6, 6\) does not broadcast .* \(2, 4, 5, 5\)"),
-        (dict(memory_attn_mask=torch.ones(5, 5, **BOOL)), ValueError,
-         r"memory_attn_mask of shape \(5, 5\) does not broadcast .* \(2, 4, 5, 6\)"),
-        (dict(memory_key_mask=torch.ones(2, 5, **BOOL)), ValueError,
-         r"memory_key_mask must have shape \(B, S\) = \(2, 6\), got \(2, 5\)"),
+        (
+            dict(src_key_mask=torch.ones(2, 5, **BOOL)),
+            ValueError,
+            r"src_key_mask must have shape \(B, S\) = \(2, 6\), got \(2, 5\)",
+        ),
+        (
+            dict(tgt_key_mask=torch.ones(2, 6, **BOOL)),
+            ValueError,
+            r"tgt_key_mask must have shape \(B, S\) = \(2, 5\), got \(2, 6\)",
+        ),
+        (
+            dict(tgt_attn_mask=torch.ones(6, 6, **BOOL)),
+            ValueError,
+            r"tgt_attn_mask of shape \(6, 6\) does not broadcast .* \(2, 4, 5, 5\)",
+        ),
+        (
+            dict(memory_attn_mask=torch.ones(5, 5, **BOOL)),
+            ValueError,
+            r"memory_attn_mask of shape \(5, 5\) does not broadcast .* \(2, 4, 5, 6\)",
+        ),
+        (
+            dict(memory_key_mask=torch.ones(2, 5, **BOOL)),
+            ValueError,
+            r"memory_key_mask must have shape \(B, S\) = \(2, 6\), got \(2, 5\)",
+        ),
     ],
 )
 def test_transformer_checks_its_inputs_before_the_encoder_runs(kwargs, error, message):
@@ -530,6 +777,7 @@ def test_matching_dtypes_and_autocast_are_accepted():
 
 # ---- from_torch refuses parts whose biases, widths or heads differ ---------------------------
 
+
 def with_part(layer, name, module):
     setattr(layer, name, module)
     return layer
@@ -548,56 +796,113 @@ def without_bias(layer, *names):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: with_part(torch_encoder_layer(), "linear2", nn.Linear(FF, E, bias=False)),
-         r"TransformerEncoderLayer\.linear2 has no bias but linear1 has one"),
-        (lambda: with_part(torch_encoder_layer(bias=False), "linear2", nn.Linear(FF, E)),
-         r"TransformerEncoderLayer\.linear2 has a bias but linear1 has none"),
-        (lambda: without_bias(torch_encoder_layer(), "self_attn.out_proj.bias"),
-         r"TransformerEncoderLayer\.self_attn\.out_proj has no bias but linear1 has one"),
-        (lambda: without_bias(torch_encoder_layer(), "self_attn.in_proj_bias"),
-         r"self_attn\.in_proj_bias has no bias but linear1 has one"),
-        (lambda: with_part(torch_encoder_layer(), "self_attn",
-                           nn.MultiheadAttention(E, H, bias=False, batch_first=True)),
-         r"self_attn\.in_proj_bias has no bias but linear1 has one"),
-        (lambda: with_part(torch_encoder_layer(bias=False), "norm2", nn.LayerNorm(E)),
-         r"TransformerEncoderLayer\.norm2 has a bias but linear1 has none"),
-        (lambda: with_part(torch_decoder_layer(), "norm3", nn.LayerNorm(E, bias=False)),
-         r"TransformerDecoderLayer\.norm3 has no bias but linear1 has one"),
-        (lambda: with_part(torch_decoder_layer(), "multihead_attn",
-                           nn.MultiheadAttention(E, H, bias=False, batch_first=True)),
-         r"TransformerDecoderLayer\.multihead_attn\.in_proj_bias has no bias"),
-        (lambda: with_part(torch_decoder_layer(bias=False), "linear1", nn.Linear(E, FF)),
-         r"TransformerDecoderLayer\.linear2 has no bias but linear1 has one"),
+        (
+            lambda: with_part(torch_encoder_layer(), "linear2", nn.Linear(FF, E, bias=False)),
+            r"TransformerEncoderLayer\.linear2 has no bias but linear1 has one",
+        ),
+        (
+            lambda: with_part(torch_encoder_layer(bias=False), "linear2", nn.Linear(FF, E)),
+            r"TransformerEncoderLayer\.linear2 has a bias but linear1 has none",
+        ),
+        (
+            lambda: without_bias(torch_encoder_layer(), "self_attn.out_proj.bias"),
+            r"TransformerEncoderLayer\.self_attn\.out_proj has no bias but linear1 has one",
+        ),
+        (
+            lambda: without_bias(torch_encoder_layer(), "self_attn.in_proj_bias"),
+            r"self_attn\.in_proj_bias has no bias but linear1 has one",
+        ),
+        (
+            lambda: with_part(
+                torch_encoder_layer(),
+                "self_attn",
+                nn.MultiheadAttention(E, H, bias=False, batch_first=True),
+            ),
+            r"self_attn\.in_proj_bias has no bias but linear1 has one",
+        ),
+        (
+            lambda: with_part(torch_encoder_layer(bias=False), "norm2", nn.LayerNorm(E)),
+            r"TransformerEncoderLayer\.norm2 has a bias but linear1 has none",
+        ),
+        (
+            lambda: with_part(torch_decoder_layer(), "norm3", nn.LayerNorm(E, bias=False)),
+            r"TransformerDecoderLayer\.norm3 has no bias but linear1 has one",
+        ),
+        (
+            lambda: with_part(
+                torch_decoder_layer(),
+                "multihead_attn",
+                nn.MultiheadAttention(E, H, bias=False, batch_first=True),
+            ),
+            r"TransformerDecoderLayer\.multihead_attn\.in_proj_bias has no bias",
+        ),
+        (
+            lambda: with_part(torch_decoder_layer(bias=False), "linear1", nn.Linear(E, FF)),
+            r"TransformerDecoderLayer\.linear2 has no bias but linear1 has one",
+        ),
         # widths and heads
-        (lambda: with_part(torch_decoder_layer(), "multihead_attn",
-                           nn.MultiheadAttention(E, H, kdim=8, vdim=8, batch_first=True)),
-         r"TransformerDecoderLayer\.multihead_attn has kdim=8 and vdim=8, expected both to be "
-         r"d_model = 16"),
-        (lambda: with_part(torch_decoder_layer(), "multihead_attn",
-                           nn.MultiheadAttention(E, H, vdim=8, batch_first=True)),
-         "multihead_attn has kdim=16 and vdim=8"),
-        (lambda: with_part(torch_encoder_layer(), "self_attn",
-                           nn.MultiheadAttention(E, H, kdim=8, batch_first=True)),
-         r"TransformerEncoderLayer\.self_attn has kdim=8 and vdim=16"),
-        (lambda: with_part(torch_decoder_layer(), "multihead_attn",
-                           nn.MultiheadAttention(E, 2, batch_first=True)),
-         r"TransformerDecoderLayer\.multihead_attn has num_heads=2 but self_attn has 4"),
-        (lambda: with_part(torch_encoder_layer(), "self_attn",
-                           nn.MultiheadAttention(8, 2, batch_first=True)),
-         "self_attn has embed_dim 8, expected d_model = 16"),
-        (lambda: with_part(torch_encoder_layer(), "linear2", nn.Linear(2 * FF, E)),
-         "linear2 maps 64 -> 16, but linear1 maps 16 -> 32: expected linear2 to map 32 -> 16"),
-        (lambda: with_part(torch_decoder_layer(), "norm2", nn.LayerNorm(8)),
-         r"TransformerDecoderLayer\.norm2 normalises 8 channels, expected d_model = 16"),
-        (lambda: with_part(torch_encoder_layer(), "norm1",
-                           nn.LayerNorm(E, elementwise_affine=False)),
-         r"TransformerEncoderLayer\.norm1 with elementwise_affine=False"),
+        (
+            lambda: with_part(
+                torch_decoder_layer(),
+                "multihead_attn",
+                nn.MultiheadAttention(E, H, kdim=8, vdim=8, batch_first=True),
+            ),
+            r"TransformerDecoderLayer\.multihead_attn has kdim=8 and vdim=8, expected both to be "
+            r"d_model = 16",
+        ),
+        (
+            lambda: with_part(
+                torch_decoder_layer(),
+                "multihead_attn",
+                nn.MultiheadAttention(E, H, vdim=8, batch_first=True),
+            ),
+            "multihead_attn has kdim=16 and vdim=8",
+        ),
+        (
+            lambda: with_part(
+                torch_encoder_layer(),
+                "self_attn",
+                nn.MultiheadAttention(E, H, kdim=8, batch_first=True),
+            ),
+            r"TransformerEncoderLayer\.self_attn has kdim=8 and vdim=16",
+        ),
+        (
+            lambda: with_part(
+                torch_decoder_layer(),
+                "multihead_attn",
+                nn.MultiheadAttention(E, 2, batch_first=True),
+            ),
+            r"TransformerDecoderLayer\.multihead_attn has num_heads=2 but self_attn has 4",
+        ),
+        (
+            lambda: with_part(
+                torch_encoder_layer(), "self_attn", nn.MultiheadAttention(8, 2, batch_first=True)
+            ),
+            "self_attn has embed_dim 8, expected d_model = 16",
+        ),
+        (
+            lambda: with_part(torch_encoder_layer(), "linear2", nn.Linear(2 * FF, E)),
+            "linear2 maps 64 -> 16, but linear1 maps 16 -> 32: expected linear2 to map 32 -> 16",
+        ),
+        (
+            lambda: with_part(torch_decoder_layer(), "norm2", nn.LayerNorm(8)),
+            r"TransformerDecoderLayer\.norm2 normalises 8 channels, expected d_model = 16",
+        ),
+        (
+            lambda: with_part(
+                torch_encoder_layer(), "norm1", nn.LayerNorm(E, elementwise_affine=False)
+            ),
+            r"TransformerEncoderLayer\.norm1 with elementwise_affine=False",
+        ),
     ],
 )
 def test_from_torch_refuses_mixed_parts(make, message):
     m = make()
-    convert = (TransformerEncoderLayer if isinstance(m, nn.TransformerEncoderLayer)
-               else TransformerDecoderLayer).from_torch
+    convert = (
+        TransformerEncoderLayer
+        if isinstance(m, nn.TransformerEncoderLayer)
+        else TransformerDecoderLayer
+    ).from_torch
     with pytest.raises(ValueError, match=message):
         convert(m)
 
@@ -616,8 +921,11 @@ def test_from_torch_bias_is_copied_for_every_part(bias):
     ours = TransformerDecoderLayer.from_torch(ref)
     assert ours.config["bias"] is bias
     parts = [ours.ff.w1, ours.ff.w2, ours.norm1, ours.norm2, ours.norm3]
-    parts += [getattr(a, p) for a in (ours.self_attn, ours.cross_attn)
-              for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    parts += [
+        getattr(a, p)
+        for a in (ours.self_attn, ours.cross_attn)
+        for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+    ]
     assert all((part.bias is not None) == bias for part in parts)
     if bias:
         assert torch.equal(ours.ff.w2.bias, ref.linear2.bias)
@@ -628,12 +936,14 @@ def test_from_torch_bias_is_copied_for_every_part(bias):
 
 # ---- fully masked rows -------------------------------------------------------------------------
 
+
 def force_weights_path(monkeypatch, model):
     """Make every attention in ``model`` take the need_weights path (attnbook's own softmax)."""
     for attn in (m for m in model.modules() if isinstance(m, MultiHeadAttention)):
         forward = attn.forward
-        monkeypatch.setattr(attn, "forward",
-                            lambda *a, forward=forward, **k: forward(*a, **k, need_weights=True))
+        monkeypatch.setattr(
+            attn, "forward", lambda *a, forward=forward, **k: forward(*a, **k, need_weights=True)
+        )
 
 
 def assert_finite_with_gradients(out, model, *inputs):
@@ -691,13 +1001,16 @@ def test_fully_masked_sequence_gets_out_proj_bias_from_attention(path, monkeypat
 
 # ---- initialisation --------------------------------------------------------------------------
 
+
 def test_init_matches_torch_in_distribution():
     torch.manual_seed(0)
     ours = Transformer(E, H, 2, 2, FF)
     ref = nn.Transformer(E, H, 2, 2, FF, batch_first=True)
     fused_bound = (6 / (3 * E + E)) ** 0.5  # xavier_uniform_ on torch's (3E, E) in_proj_weight
-    for ours_layer, ref_layer in ((ours.encoder.layers[0], ref.encoder.layers[0]),
-                                  (ours.decoder.layers[1], ref.decoder.layers[1])):
+    for ours_layer, ref_layer in (
+        (ours.encoder.layers[0], ref.encoder.layers[0]),
+        (ours.decoder.layers[1], ref.decoder.layers[1]),
+    ):
         attn = ours_layer.self_attn
         qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
         theirs = ref_layer.self_attn.in_proj_weight
@@ -713,8 +1026,9 @@ def test_init_matches_torch_in_distribution():
     # feed-forward biases: nn.Linear's default draw, equal across the deep-copied layers
     for stack in (ours.encoder, ours.decoder, ref.encoder, ref.decoder):
         first, second = stack.layers[0], stack.layers[1]
-        w1 = (first.ff.w1, second.ff.w1) if hasattr(first, "ff") else (first.linear1,
-                                                                        second.linear1)
+        w1 = (
+            (first.ff.w1, second.ff.w1) if hasattr(first, "ff") else (first.linear1, second.linear1)
+        )
         assert torch.equal(w1[0].bias, w1[1].bias) and w1[0].bias.abs().max() > 0
         assert not torch.equal(w1[0].weight, w1[1].weight)  # the weights are redrawn
     assert torch.equal(ours.encoder.norm.weight, torch.ones(E))

@@ -28,8 +28,10 @@ def main() -> int:
     links = external_links(Path(sys.argv[1] if len(sys.argv) > 1 else "docs"))
     for path, number, url in links:
         print(f"{path}:{number}: {url}")
-    print(f"{len(links)} external links, {len({u for _, _, u in links})} distinct "
-          "(listed, not checked: the build is offline)")
+    print(
+        f"{len(links)} external links, {len({u for _, _, u in links})} distinct "
+        "(listed, not checked: the build is offline)"
+    )
     return 0
 
 

@@ -54,10 +54,14 @@ _SCRIPT = re.compile(r"<script(?P<attrs>[^>]*)>(?P<body>.*?)</script>", re.S)
 _REMOTE = re.compile(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", re.I)
 
 _OUTPUT_BLOCK = '<div class="language-text highlight"><span class="filename">Output</span>'
-_OUTPUT_MARKED = ('<div class="language-text highlight attnbook-output no-copy">'
-                  '<span class="filename">Output</span>')
+_OUTPUT_MARKED = (
+    '<div class="language-text highlight attnbook-output no-copy">'
+    '<span class="filename">Output</span>'
+)
 
-_IMAGE = re.compile(r'src="data:image/(?P<kind>png|jpeg|gif|svg\+xml);base64,(?P<data>[A-Za-z0-9+/=\s]+)"')
+_IMAGE = re.compile(
+    r'src="data:image/(?P<kind>png|jpeg|gif|svg\+xml);base64,(?P<data>[A-Za-z0-9+/=\s]+)"'
+)
 _IMAGE_SUFFIX = {"png": "png", "jpeg": "jpg", "gif": "gif", "svg+xml": "svg"}
 
 # Names (n) are drawn in --md-code-hl-name-color, which Material sets to the code colour
@@ -127,8 +131,10 @@ def _share_images(content: str, page) -> str:
 
 def _download_button(page, label: str = "Download this notebook (.ipynb)") -> str:
     name = Path(page.file.src_uri).with_suffix(".ipynb").name
-    return (f'<p class="attnbook-download"><a class="md-button" href="{name}" download>'
-            f"{label}</a></p>\n")
+    return (
+        f'<p class="attnbook-download"><a class="md-button" href="{name}" download>'
+        f"{label}</a></p>\n"
+    )
 
 
 def _is_chapter(page) -> bool:
@@ -177,8 +183,12 @@ def chapter_notebook(markdown: str, root: Path) -> dict:
         j = i + 1
         while j < len(lines) and lines[j].strip() != fence:
             j += 1
-        body = textwrap.dedent("\n".join(line[len(indent):] if line.startswith(indent) else line
-                                         for line in lines[i + 1:j]))
+        body = textwrap.dedent(
+            "\n".join(
+                line[len(indent) :] if line.startswith(indent) else line
+                for line in lines[i + 1 : j]
+            )
+        )
         if info == "python":
             flush()
             cells.append(nbformat.v4.new_code_cell(body.strip("\n")))
@@ -189,12 +199,15 @@ def chapter_notebook(markdown: str, root: Path) -> dict:
             code = _snippet(root, include["path"], include["section"]) if include else body
             prose.append(f"{indent}```python\n{code}\n```".replace("\n", "\n" + indent))
         else:
-            prose.extend(lines[i:j + 1])
+            prose.extend(lines[i : j + 1])
         i = j + 1
     flush()
     notebook = nbformat.v4.new_notebook(cells=cells)
-    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python",
-                                       "name": "python3"}
+    notebook.metadata["kernelspec"] = {
+        "display_name": "Python 3",
+        "language": "python",
+        "name": "python3",
+    }
     return notebook
 
 
@@ -207,7 +220,9 @@ def on_page_content(content: str, page, config, files) -> str:
         content = _share_stylesheets(content, page)
         content = _share_images(content, page)
         head, h1, rest = content.partition("</h1>")  # the button goes under the title
-        content = head + h1 + _download_button(page) + rest if h1 else _download_button(page) + content
+        content = (
+            head + h1 + _download_button(page) + rest if h1 else _download_button(page) + content
+        )
     elif _is_chapter(page):
         button = _download_button(page, "Download as notebook (.ipynb)")
         head, h1, rest = content.partition("</h1>")
@@ -233,11 +248,16 @@ def explorer_data() -> str:
         sentences = []
         for text in EXPLORER_SENTENCES:
             tokens, weights = attention_maps(text)  # (layers, H, L, L)
-            sentences.append({"text": text, "tokens": tokens,
-                              "weights": weights.round(decimals=4).tolist()})
+            sentences.append(
+                {"text": text, "tokens": tokens, "weights": weights.round(decimals=4).tolist()}
+            )
         layers, heads = weights.shape[:2]
-        data = {"model": "all-MiniLM-L6-v2", "layers": layers, "heads": heads,
-                "sentences": sentences}
+        data = {
+            "model": "all-MiniLM-L6-v2",
+            "layers": layers,
+            "heads": heads,
+            "sentences": sentences,
+        }
         _explorer_json.append(json.dumps(data, separators=(",", ":")))
     return _explorer_json[0]
 
@@ -273,7 +293,8 @@ def on_post_build(config) -> None:
 # collapse that whitespace anyway (the menu holds no <pre>), so collapse it here.
 _PRIMARY_NAV = re.compile(
     r'(<div class="md-sidebar md-sidebar--primary".*?)(<div class="md-sidebar md-sidebar--secondary")',
-    re.S)
+    re.S,
+)
 
 
 def on_post_page(output: str, page, config) -> str:

@@ -30,10 +30,9 @@ import torch
 from attnbook import self_attention
 
 words = ["She", "ate", "the", "apple"]
-x = torch.tensor([[1.0, 0.0, 1.0, 0.0],
-                  [0.0, 1.0, 0.0, 1.0],
-                  [1.0, 1.0, 0.0, 0.0],
-                  [0.0, 0.0, 1.0, 1.0]])
+x = torch.tensor(
+    [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+)
 output, weights = self_attention(x)
 print(weights.sum(dim=-1))  # every row sums to 1
 
@@ -47,8 +46,14 @@ ax.set_ylabel("word doing the looking (row i)")
 for i in range(len(words)):
     for j in range(len(words)):
         value = weights[i, j].item()
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center",
-                color="black" if value > 0.5 else "white")
+        ax.text(
+            j,
+            i,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            color="black" if value > 0.5 else "white",
+        )
 fig.colorbar(image, ax=ax, label="attention weight")
 ax.set_title("softmax(x @ x.T), row by row")
 fig.tight_layout()

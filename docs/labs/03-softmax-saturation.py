@@ -36,7 +36,9 @@ for d_k in widths:
         w = torch.softmax(scores, dim=-1)
         largest[name].append(w.max(dim=-1).values.mean().item())
         sensitivity[name].append((w * (1 - w)).sum(dim=-1).mean().item())
-print(f"d_k={widths[-1]}: largest raw weight {largest['raw'][-1]:.3f}, scaled {largest['scaled'][-1]:.3f}")
+print(
+    f"d_k={widths[-1]}: largest raw weight {largest['raw'][-1]:.3f}, scaled {largest['scaled'][-1]:.3f}"
+)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))

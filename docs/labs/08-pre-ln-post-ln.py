@@ -55,8 +55,13 @@ for name, style in (("post-LN", "o-"), ("pre-LN", "s--")):
     axes[0].plot(range(1, 49), profile[name], style, markersize=3, label=name)
     axes[1].plot(depths, top[name], style, label=name)
 pre = top["pre-LN"]
-axes[1].plot(depths, [pre[0] * (depths[0] / d) ** 0.5 for d in depths], ":", color="gray",
-             label="1/sqrt(depth)")
+axes[1].plot(
+    depths,
+    [pre[0] * (depths[0] / d) ** 0.5 for d in depths],
+    ":",
+    color="gray",
+    label="1/sqrt(depth)",
+)
 axes[0].set_xlabel("layer (1 = bottom)")
 axes[0].set_ylabel("gradient norm of w2")
 axes[0].set_title("48 layers at initialisation")

@@ -25,10 +25,10 @@ import math
 
 import matplotlib.pyplot as plt
 import torch
-from attnbook.datasets import pydoc_topics
 from torch.nn import functional as F
 
 from attnbook import GPT, GPTConfig
+from attnbook.datasets import pydoc_topics
 
 torch.set_num_threads(1)  # small tensors: a second thread gains little on a shared machine
 _ = torch.manual_seed(0)
@@ -68,14 +68,17 @@ def loss_on(x, y):
     return loss
 
 
-print(f"{len(val_x)} windows of {T} characters for each measurement; bigram {bigram:.3f}, "
-      f"uniform {math.log(V):.3f} nats per character")
+print(
+    f"{len(val_x)} windows of {T} characters for each measurement; bigram {bigram:.3f}, "
+    f"uniform {math.log(V):.3f} nats per character"
+)
 
 # %%
 model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=4, n_embd=64))
 opt = torch.optim.AdamW(model.parameters(), lr=6e-3, betas=(0.9, 0.99), weight_decay=0.01)
-sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-3, total_steps=steps, pct_start=0.05,
-                                            cycle_momentum=False)
+sched = torch.optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=6e-3, total_steps=steps, pct_start=0.05, cycle_momentum=False
+)
 batches = torch.Generator().manual_seed(1)
 batch_losses, measured = [], []  # every step's batch loss; (step, train, validation) every 100
 for step in range(steps + 1):
@@ -105,8 +108,9 @@ steps_at = [m[0] for m in measured]
 ax.plot(steps_at, [m[1] for m in measured], "o-", label="training (fixed sample)")
 ax.plot(steps_at, [m[2] for m in measured], "s--", label="validation")
 ax.axhline(bigram, color="black", linestyle=":", label=f"bigram, validation ({bigram:.3f})")
-ax.axhline(math.log(V), color="gray", linestyle="-.",
-           label=f"uniform guess, ln V ({math.log(V):.3f})")
+ax.axhline(
+    math.log(V), color="gray", linestyle="-.", label=f"uniform guess, ln V ({math.log(V):.3f})"
+)
 ax.set_xlabel("optimiser step")
 ax.set_ylabel("cross-entropy (nats per character)")
 ax.set_ylim(1.2, 4.9)

@@ -57,7 +57,7 @@ plt.show()
 # %%
 cat, mat = soft_tokens.index("cat"), soft_tokens.index("mat")
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-for ax, (word, j) in zip(axes, (("cat", cat), ("mat", mat))):
+for ax, (word, j) in zip(axes, (("cat", cat), ("mat", mat)), strict=True):
     delta = rows["hungry"][:, :, j] - rows["soft"][:, :, j]  # (layers, heads)
     image = ax.imshow(delta, cmap="RdBu_r", vmin=-0.45, vmax=0.45)
     ax.set_title(f'weight of "it" on "{word}": hungry minus soft')

@@ -41,5 +41,6 @@ def broadcast_shape(name: str, shape: tuple[int, ...], target: tuple[int, ...], 
     except RuntimeError:
         result = None
     if result != tuple(target):
-        raise ValueError(f"{name} of shape {tuple(shape)} does not broadcast to {what} "
-                         f"{tuple(target)}")
+        raise ValueError(
+            f"{name} of shape {tuple(shape)} does not broadcast to {what} {tuple(target)}"
+        )

@@ -47,6 +47,8 @@ def self_attention(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     weights = torch.softmax(scores, dim=-1)  # (..., L, L): each row sums to 1
     output = weights @ work  # (..., L, E): a weighted sum of the vectors
     return output.to(x.dtype), weights.to(x.dtype)
+
+
 # --8<-- [end:self_attention]
 
 
@@ -69,6 +71,8 @@ def causal_mask(q_len: int, kv_len: int | None = None, *, device=None) -> torch.
     i = torch.arange(q_len, device=device).unsqueeze(-1)  # (L, 1)
     j = torch.arange(kv_len, device=device)  # (S,)
     return j <= i + (kv_len - q_len)  # (L, S)
+
+
 # --8<-- [end:causal_mask]
 
 
@@ -87,8 +91,10 @@ def padding_mask(lengths, max_len: int | None = None) -> torch.Tensor:
     """
     lengths = torch.as_tensor(lengths)
     if lengths.ndim != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must be a 1-D sequence of ints, got dtype {lengths.dtype} "
-                        f"and shape {tuple(lengths.shape)}")
+        raise TypeError(
+            f"lengths must be a 1-D sequence of ints, got dtype {lengths.dtype} "
+            f"and shape {tuple(lengths.shape)}"
+        )
     if (lengths < 0).any():
         raise ValueError(f"lengths must be non-negative, got {lengths.tolist()}")
     longest = int(lengths.max()) if lengths.numel() else 0
@@ -96,6 +102,8 @@ def padding_mask(lengths, max_len: int | None = None) -> torch.Tensor:
     if max_len < longest:
         raise ValueError(f"max_len={max_len} is shorter than the longest length {longest}")
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)  # (B, S)
+
+
 # --8<-- [end:padding_mask]
 
 
@@ -104,22 +112,32 @@ def _check_qkv(query, key, value, enable_gqa):
         require_tensor(name, t)
         require_floating(name, t)
         if t.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., L, E) with at least 2 dimensions, "
-                             f"got a {t.ndim}-D tensor of shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape (..., L, E) with at least 2 dimensions, "
+                f"got a {t.ndim}-D tensor of shape {tuple(t.shape)}"
+            )
     if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(f"query, key and value must share one dtype, got {query.dtype}, "
-                        f"{key.dtype} and {value.dtype}")
+        raise TypeError(
+            f"query, key and value must share one dtype, got {query.dtype}, "
+            f"{key.dtype} and {value.dtype}"
+        )
     if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query and key must have the same last (head) dimension, got "
-                         f"query (..., {query.shape[-1]}) and key (..., {key.shape[-1]})")
+        raise ValueError(
+            f"query and key must have the same last (head) dimension, got "
+            f"query (..., {query.shape[-1]}) and key (..., {key.shape[-1]})"
+        )
     if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key and value must have the same length S, got key "
-                         f"{tuple(key.shape)} and value {tuple(value.shape)}")
+        raise ValueError(
+            f"key and value must have the same length S, got key "
+            f"{tuple(key.shape)} and value {tuple(value.shape)}"
+        )
     if enable_gqa and query.ndim >= 3:
         hq, hk, hv = query.shape[-3], key.shape[-3], value.shape[-3]
         if hk != hv or hq % hk:
-            raise ValueError(f"with enable_gqa, query heads ({hq}) must be a multiple of key and "
-                             f"value heads, which must match; got key {hk} and value {hv}")
+            raise ValueError(
+                f"with enable_gqa, query heads ({hq}) must be a multiple of key and "
+                f"value heads, which must match; got key {hk} and value {hv}"
+            )
 
 
 def _check_mask(attn_mask, is_causal, dtype, target):
@@ -127,11 +145,15 @@ def _check_mask(attn_mask, is_causal, dtype, target):
         return
     require_tensor("attn_mask", attn_mask)
     if is_causal:
-        raise ValueError("pass either attn_mask or is_causal=True, not both: fold the causal "
-                         "mask into attn_mask (see attnbook.causal_mask)")
+        raise ValueError(
+            "pass either attn_mask or is_causal=True, not both: fold the causal "
+            "mask into attn_mask (see attnbook.causal_mask)"
+        )
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-        raise TypeError(f"attn_mask must be bool (True = may attend) or floating point (added "
-                        f"to the scores), got {attn_mask.dtype}")
+        raise TypeError(
+            f"attn_mask must be bool (True = may attend) or floating point (added "
+            f"to the scores), got {attn_mask.dtype}"
+        )
     broadcast_shape("attn_mask", tuple(attn_mask.shape), target, "the scores' shape")
 
 
@@ -160,6 +182,8 @@ def attention_weights(
     """
     _check_qkv(query, key, key, enable_gqa=False)
     return _weights(query, key, attn_mask, is_causal, scale)
+
+
 # --8<-- [end:attention_weights]
 
 
@@ -192,6 +216,8 @@ def _safe_softmax(scores: torch.Tensor) -> torch.Tensor:
     dead = torch.isneginf(row_max)  # rows with no key to attend to
     weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1)  # (..., L, S)
     return weights.masked_fill(dead, 0.0)
+
+
 # --8<-- [end:safe_softmax]
 
 
@@ -235,4 +261,6 @@ def scaled_dot_product_attention(
         weights = torch.nn.functional.dropout(weights, p=dropout_p)
     work = torch.float32 if query.dtype in _HALF else query.dtype
     return (weights.to(work) @ value.to(work)).to(query.dtype)  # (B, H, L, Ev)
+
+
 # --8<-- [end:scaled_dot_product_attention]

@@ -58,19 +58,35 @@ class Row:
         def mib(b):
             return "" if b is None else f"{b / 2**20:,.1f} MiB"
 
-        return [self.case, f"{self.ours_ms:.2f}", f"{self.baseline_ms:.2f}", f"{self.ratio:.2f}",
-                f"{self.spread[0]:.2f}–{self.spread[1]:.2f}", f"{self.baseline_ms / self.ours_ms:.1f}×",
-                "" if self.roof_pct is None else f"{self.roof_pct:.0f}%",
-                mib(self.ours_peak), mib(self.baseline_peak)]
+        return [
+            self.case,
+            f"{self.ours_ms:.2f}",
+            f"{self.baseline_ms:.2f}",
+            f"{self.ratio:.2f}",
+            f"{self.spread[0]:.2f}–{self.spread[1]:.2f}",
+            f"{self.baseline_ms / self.ours_ms:.1f}×",
+            "" if self.roof_pct is None else f"{self.roof_pct:.0f}%",
+            mib(self.ours_peak),
+            mib(self.baseline_peak),
+        ]
 
 
-HEADER = ["case", "attnbook ms", "baseline ms", "ratio", "ratio IQR", "baseline ms / attnbook ms",
-          "% of matmul roof",
-          "attnbook peak", "baseline peak"]
+HEADER = [
+    "case",
+    "attnbook ms",
+    "baseline ms",
+    "ratio",
+    "ratio IQR",
+    "baseline ms / attnbook ms",
+    "% of matmul roof",
+    "attnbook peak",
+    "baseline peak",
+]
 
 
-def interleaved(ours: Callable[[], object], theirs: Callable[[], object], *, repeats: int = 30,
-                warmup: int = 2) -> tuple[float, float, float, tuple[float, float]]:
+def interleaved(
+    ours: Callable[[], object], theirs: Callable[[], object], *, repeats: int = 30, warmup: int = 2
+) -> tuple[float, float, float, tuple[float, float]]:
     """Time the two callables alternately; return both medians (ms), the median per-pair
     ratio and its interquartile range. The order flips every pair (A B, B A, ...)."""
     for _ in range(warmup):
@@ -83,7 +99,7 @@ def interleaved(ours: Callable[[], object], theirs: Callable[[], object], *, rep
             start = time.perf_counter()
             fn()
             bucket.append((time.perf_counter() - start) * 1e3)
-    ratios = sorted(x / y for x, y in zip(a, b))
+    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return statistics.median(a), statistics.median(b), statistics.median(ratios), (q[0], q[2])
 
@@ -106,34 +122,67 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 def _qkv(B, H, n, d, kv_heads=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     kv = kv_heads or H
-    return (torch.randn(B, H, n, d, generator=g), torch.randn(B, kv, n, d, generator=g),
-            torch.randn(B, kv, n, d, generator=g))
+    return (
+        torch.randn(B, H, n, d, generator=g),
+        torch.randn(B, kv, n, d, generator=g),
+        torch.randn(B, kv, n, d, generator=g),
+    )
 
 
 def _attention_row(case, ours_name, ours_fn, n, H, d, repeats, roof, B=1):
     q, k, v = _qkv(B, H, n, d)
     with torch.inference_mode():
         ours_ms, base_ms, ratio, spread = interleaved(
-            lambda: ours_fn(q, k, v), lambda: F.scaled_dot_product_attention(q, k, v),
-            repeats=repeats)
+            lambda: ours_fn(q, k, v),
+            lambda: F.scaled_dot_product_attention(q, k, v),
+            repeats=repeats,
+        )
     flops = 4 * B * H * n * n * d  # q k^T and weights @ v
-    return Row(case, ours_name, "torch.nn.functional.scaled_dot_product_attention", ours_ms,
-               base_ms, ratio, spread, roof_pct=100 * flops / (ours_ms / 1e3) / 1e9 / roof,
-               notes={"B": B, "H": H, "n": n, "d": d, "flops": flops})
+    return Row(
+        case,
+        ours_name,
+        "torch.nn.functional.scaled_dot_product_attention",
+        ours_ms,
+        base_ms,
+        ratio,
+        spread,
+        roof_pct=100 * flops / (ours_ms / 1e3) / 1e9 / roof,
+        notes={"B": B, "H": H, "n": n, "d": d, "flops": flops},
+    )
 
 
 def bench_sdpa(quick: bool, repeats: int, roof: float) -> list[Row]:
     """attnbook.scaled_dot_product_attention (the readable one) against torch's kernel."""
-    return [_attention_row(f"sdpa n={n} (B=1, H=8, d=64)", "attnbook.scaled_dot_product_attention",
-                           scaled_dot_product_attention, n, 8, 64, repeats, roof)
-            for n in ((1024,) if quick else (1024, 2048))]
+    return [
+        _attention_row(
+            f"sdpa n={n} (B=1, H=8, d=64)",
+            "attnbook.scaled_dot_product_attention",
+            scaled_dot_product_attention,
+            n,
+            8,
+            64,
+            repeats,
+            roof,
+        )
+        for n in ((1024,) if quick else (1024, 2048))
+    ]
 
 
 def bench_flash(quick: bool, repeats: int, roof: float) -> list[Row]:
     """flash_attention (tiled, plain PyTorch) against torch's kernel."""
     n = 2048 if quick else 4096
-    return [_attention_row(f"flash_attention n={n} (B=1, H=8, d=64)", "attnbook.flash_attention",
-                           flash_attention, n, 8, 64, max(3, repeats // 3), roof)]
+    return [
+        _attention_row(
+            f"flash_attention n={n} (B=1, H=8, d=64)",
+            "attnbook.flash_attention",
+            flash_attention,
+            n,
+            8,
+            64,
+            max(3, repeats // 3),
+            roof,
+        )
+    ]
 
 
 def bench_multihead(quick: bool, repeats: int, roof: float) -> list[Row]:
@@ -146,10 +195,20 @@ def bench_multihead(quick: bool, repeats: int, roof: float) -> list[Row]:
     with torch.inference_mode():
         ours_ms, base_ms, ratio, spread = interleaved(
             lambda: ours(x, need_weights=False),
-            lambda: reference(x, x, x, need_weights=False), repeats=repeats)
-    return [Row(f"MultiHeadAttention B={batch} L={length} E={embed} H={heads}",
-                "attnbook.MultiHeadAttention", "torch.nn.MultiheadAttention", ours_ms, base_ms,
-                ratio, spread)]
+            lambda: reference(x, x, x, need_weights=False),
+            repeats=repeats,
+        )
+    return [
+        Row(
+            f"MultiHeadAttention B={batch} L={length} E={embed} H={heads}",
+            "attnbook.MultiHeadAttention",
+            "torch.nn.MultiheadAttention",
+            ours_ms,
+            base_ms,
+            ratio,
+            spread,
+        )
+    ]
 
 
 def bench_gqa(quick: bool, repeats: int, roof: float) -> list[Row]:
@@ -159,11 +218,22 @@ def bench_gqa(quick: bool, repeats: int, roof: float) -> list[Row]:
     with torch.inference_mode():
         ours_ms, base_ms, ratio, spread = interleaved(
             lambda: scaled_dot_product_attention(q, k, v, enable_gqa=True),
-            lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), repeats=repeats)
+            lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+            repeats=repeats,
+        )
     flops = 4 * H * n * n * d
-    return [Row(f"GQA n={n} H=8 H_kv=2 (d=64)", "attnbook.scaled_dot_product_attention",
-                "torch SDPA, enable_gqa=True", ours_ms, base_ms, ratio, spread,
-                roof_pct=100 * flops / (ours_ms / 1e3) / 1e9 / roof)]
+    return [
+        Row(
+            f"GQA n={n} H=8 H_kv=2 (d=64)",
+            "attnbook.scaled_dot_product_attention",
+            "torch SDPA, enable_gqa=True",
+            ours_ms,
+            base_ms,
+            ratio,
+            spread,
+            roof_pct=100 * flops / (ours_ms / 1e3) / 1e9 / roof,
+        )
+    ]
 
 
 def _decoder(vocab: int = 256) -> GPT:
@@ -185,11 +255,22 @@ def bench_decode(quick: bool, repeats: int, roof: float) -> list[Row]:
         with torch.inference_mode():
             model(seq[:, :-1], kv_cache=prefilled)
             ours_ms, base_ms, ratio, spread = interleaved(
-                lambda: model(seq[:, -1:], kv_cache=prefilled.copy()),
-                lambda: model(seq), repeats=max(5, repeats // 2))
-        rows.append(Row(f"decode 1 token at context {context} (4-layer GPT, E=256)",
-                        "with KV cache", "without cache", ours_ms, base_ms, ratio, spread,
-                        notes={"speed-up": base_ms / ours_ms}))
+                lambda seq=seq, cache=prefilled: model(seq[:, -1:], kv_cache=cache.copy()),
+                lambda seq=seq: model(seq),
+                repeats=max(5, repeats // 2),
+            )
+        rows.append(
+            Row(
+                f"decode 1 token at context {context} (4-layer GPT, E=256)",
+                "with KV cache",
+                "without cache",
+                ours_ms,
+                base_ms,
+                ratio,
+                spread,
+                notes={"speed-up": base_ms / ours_ms},
+            )
+        )
     return rows
 
 
@@ -202,17 +283,34 @@ def bench_memory(quick: bool, repeats: int, roof: float) -> list[Row]:
         naive = peak_memory_bytes(lambda: scaled_dot_product_attention(q, k, v))
         tiled = peak_memory_bytes(lambda: flash_attention(q, k, v))
         ours_ms, base_ms, ratio, spread = interleaved(
-            lambda: flash_attention(q, k, v), lambda: scaled_dot_product_attention(q, k, v),
-            repeats=max(3, repeats // 5), warmup=1)
-    return [Row(f"tiled vs naive memory, n={n} (B=1, H=1, d=64)", "attnbook.flash_attention",
-                "attnbook.scaled_dot_product_attention (naive)", ours_ms, base_ms, ratio, spread,
-                ours_peak=tiled, baseline_peak=naive,
-                notes={"score matrix bytes": 4 * n * n})]
+            lambda: flash_attention(q, k, v),
+            lambda: scaled_dot_product_attention(q, k, v),
+            repeats=max(3, repeats // 5),
+            warmup=1,
+        )
+    return [
+        Row(
+            f"tiled vs naive memory, n={n} (B=1, H=1, d=64)",
+            "attnbook.flash_attention",
+            "attnbook.scaled_dot_product_attention (naive)",
+            ours_ms,
+            base_ms,
+            ratio,
+            spread,
+            ours_peak=tiled,
+            baseline_peak=naive,
+            notes={"score matrix bytes": 4 * n * n},
+        )
+    ]
 
 
 CASES: dict[str, Callable[[bool, int, float], list[Row]]] = {
-    "sdpa": bench_sdpa, "flash": bench_flash, "mha": bench_multihead, "decode": bench_decode,
-    "gqa": bench_gqa, "memory": bench_memory,
+    "sdpa": bench_sdpa,
+    "flash": bench_flash,
+    "mha": bench_multihead,
+    "decode": bench_decode,
+    "gqa": bench_gqa,
+    "memory": bench_memory,
 }
 
 
@@ -225,9 +323,13 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
-            "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def table(rows: list[Row]) -> str:
@@ -240,24 +342,34 @@ def table(rows: list[Row]) -> str:
 
 
 def describe(info: dict, roof: float, quick: bool, case: str = "") -> str:
-    return (f"Measured by `python -m attnbook.bench{' --quick' if quick else ''} {case}` on "
-            f"{info['date']}: torch {info['torch']}, {info['threads']} threads, {info['cpu']}; "
-            f"matmul roof {roof:.0f} GFLOP/s (float32). Ratio = attnbook time / baseline time, "
-            f"the median over interleaved pairs; below 1 means attnbook is faster.")
+    return (
+        f"Measured by `python -m attnbook.bench{' --quick' if quick else ''} {case}` on "
+        f"{info['date']}: torch {info['torch']}, {info['threads']} threads, {info['cpu']}; "
+        f"matmul roof {roof:.0f} GFLOP/s (float32). Ratio = attnbook time / baseline time, "
+        f"the median over interleaved pairs; below 1 means attnbook is faster."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="*", metavar="case", help=f"any of {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, done in under a minute")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for bench.json and bench-<case>.md (default docs/results "
-                             "when run from the repository, else none)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes, done in under a minute"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for bench.json and bench-<case>.md (default docs/results "
+        "when run from the repository, else none)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.cases) - set(CASES)
     if unknown:
-        parser.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
+        parser.error(
+            f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}"
+        )
     if args.repeats < 3:
         parser.error("--repeats must be at least 3")
     out = args.out
@@ -277,13 +389,22 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         path = out / "bench.json"
         previous = json.loads(path.read_text()) if path.exists() else {}
-        cases = {**previous.get("cases", {}), **{k: [asdict(r) for r in v] for k, v in results.items()}}
-        path.write_text(json.dumps({"machine": info, "roof_gflops": roof, "quick": args.quick,
-                                    "cases": cases}, indent=1) + "\n")
+        cases = {
+            **previous.get("cases", {}),
+            **{k: [asdict(r) for r in v] for k, v in results.items()},
+        }
+        path.write_text(
+            json.dumps(
+                {"machine": info, "roof_gflops": roof, "quick": args.quick, "cases": cases},
+                indent=1,
+            )
+            + "\n"
+        )
         for name, rows in results.items():
             (out / f"bench-{name}.md").write_text(
                 describe(info, roof, args.quick, name) + "\n\n" + table(rows) + "\n",
-                encoding="utf-8")
+                encoding="utf-8",
+            )
         print(f"wrote {path} and {', '.join(f'bench-{n}.md' for n in results)} in {out}")
 
 

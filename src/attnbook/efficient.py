@@ -81,8 +81,9 @@ def online_softmax(x: torch.Tensor, dim: int = -1, *, block_size: int = 256) -> 
     _require_block("block_size", block_size)
     n_dims = max(x.ndim, 1)  # a 0-D x is one row of one entry
     if isinstance(dim, bool) or not isinstance(dim, int) or not -n_dims <= dim < n_dims:
-        raise ValueError(f"dim must be an int in [{-n_dims}, {n_dims}) for a {x.ndim}-D x, "
-                         f"got {dim!r}")
+        raise ValueError(
+            f"dim must be an int in [{-n_dims}, {n_dims}) for a {x.ndim}-D x, got {dim!r}"
+        )
     rows = x.reshape(1) if x.ndim == 0 else x
     work = rows.movedim(dim, -1)  # (..., n): the softmax axis last
     if x.dtype in _HALF:
@@ -90,14 +91,17 @@ def online_softmax(x: torch.Tensor, dim: int = -1, *, block_size: int = 256) -> 
     row_max = work.new_full((*work.shape[:-1], 1), _NEG_INF)  # (..., 1): m, the running max
     row_sum = work.new_zeros((*work.shape[:-1], 1))  # (..., 1): l, the sum of exp(x - m)
     for start in range(0, work.shape[-1], block_size):
-        block = work[..., start:start + block_size]  # (..., b)
+        block = work[..., start : start + block_size]  # (..., b)
         new_max = torch.maximum(row_max, block.amax(dim=-1, keepdim=True))
         shift = _finite(new_max)  # while the max is -inf, exp(-inf - 0) = 0 instead of NaN
-        row_sum = (row_sum * torch.exp(row_max - shift)
-                   + torch.exp(block - shift).sum(dim=-1, keepdim=True))
+        row_sum = row_sum * torch.exp(row_max - shift) + torch.exp(block - shift).sum(
+            dim=-1, keepdim=True
+        )
         row_max = new_max
     out = torch.exp(work - _finite(row_max)) / row_sum.masked_fill(row_sum == 0, 1.0)  # 0 / 1
     return out.movedim(-1, dim).reshape(x.shape).to(x.dtype)
+
+
 # --8<-- [end:online_softmax]
 
 
@@ -173,12 +177,15 @@ def _flash_forward(q, k, v, mask, is_causal, scale, block_q, block_kv, batch):
         out[:, i0:i1] = acc / row_sum.masked_fill(row_sum == 0, 1.0)  # no key to see: 0
         lse[:, i0:i1] = (row_max + row_sum.log()).squeeze(-1)  # -inf for such a row
     return out, lse
+
+
 # --8<-- [end:flash_forward]
 
 
 # --8<-- [start:flash_backward]
-def _flash_backward(grad_out, q, k, v, mask, is_causal, scale, block_q, block_kv, batch, out,
-                    lse, mask_grad):
+def _flash_backward(
+    grad_out, q, k, v, mask, is_causal, scale, block_q, block_kv, batch, out, lse, mask_grad
+):
     """Gradients of the tiled attention, recomputing each tile's weights from ``lse``.
 
     ``P = exp(S - lse)``; ``dV = P^T dO``; ``dS = P * (dO V^T - rowsum(dO * O))``;
@@ -209,6 +216,8 @@ def _flash_backward(grad_out, q, k, v, mask, is_causal, scale, block_q, block_kv
                 target += ds.view(*batch, *ds.shape[1:]).sum_to_size(target.shape)
         dq[:, i0:i1] = dq_i * scale
     return dq, dk, dv, dmask
+
+
 # --8<-- [end:flash_backward]
 
 
@@ -229,11 +238,14 @@ class _FlashAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, mask, out, lse = ctx.saved_tensors
         mask_grad = mask is not None and ctx.needs_input_grad[3]
-        dq, dk, dv, dmask = _flash_backward(grad_out, q, k, v, mask, *ctx.options, out, lse,
-                                            mask_grad)
+        dq, dk, dv, dmask = _flash_backward(
+            grad_out, q, k, v, mask, *ctx.options, out, lse, mask_grad
+        )
         if dmask is not None:
             dmask = dmask.to(mask.dtype)
         return dq, dk, dv, dmask, None, None, None, None, None
+
+
 # --8<-- [end:flash_autograd]
 
 
@@ -295,6 +307,8 @@ def flash_attention(
         mask = mask.reshape((1,) * (len(batch) + 2 - mask.ndim) + tuple(mask.shape))  # (..., L, S)
     out = _FlashAttention.apply(q, k, v, mask, bool(is_causal), scale, block_q, block_kv, batch)
     return out.reshape(*batch, L, Ev).to(query.dtype)  # (B, H, L, Ev)
+
+
 # --8<-- [end:flash_attention]
 
 
@@ -333,17 +347,22 @@ def linear_attention(
     _check_qkv(query, key, value, enable_gqa=False)
     if isinstance(feature_map, str):
         if feature_map not in _FEATURE_MAPS:
-            raise ValueError(f"feature_map must be one of {sorted(_FEATURE_MAPS)} or a callable, "
-                             f"got {feature_map!r}")
+            raise ValueError(
+                f"feature_map must be one of {sorted(_FEATURE_MAPS)} or a callable, "
+                f"got {feature_map!r}"
+            )
         phi = _FEATURE_MAPS[feature_map]
     elif callable(feature_map):
         phi = feature_map
     else:
-        raise TypeError(f"feature_map must be a str or a callable, got "
-                        f"{type(feature_map).__name__}")
+        raise TypeError(
+            f"feature_map must be a str or a callable, got {type(feature_map).__name__}"
+        )
     if causal and query.shape[-2] != key.shape[-2]:
-        raise ValueError(f"causal linear attention needs as many queries as keys (L == S), got "
-                         f"query {tuple(query.shape)} and key {tuple(key.shape)}")
+        raise ValueError(
+            f"causal linear attention needs as many queries as keys (L == S), got "
+            f"query {tuple(query.shape)} and key {tuple(key.shape)}"
+        )
     work = torch.float32 if query.dtype in _HALF else query.dtype
     q, k, v = phi(query.to(work)), phi(key.to(work)), value.to(work)  # (..., L, F), (..., S, F)
     if causal:
@@ -356,6 +375,8 @@ def linear_attention(
         num = q @ kv  # (..., L, Ev)
     den = (q * z).sum(dim=-1, keepdim=True)  # (..., L, 1)
     return (num / den.masked_fill(den == 0, 1.0)).to(query.dtype)
+
+
 # --8<-- [end:linear_attention]
 
 
@@ -378,8 +399,11 @@ class _LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            id(t.untyped_storage())
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
         for t in tree_flatten(result)[0]:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -405,4 +429,6 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     with _LiveBytes() as mode:
         fn()
     return mode.peak
+
+
 # --8<-- [end:peak_memory]

@@ -29,8 +29,10 @@ def _check_swiglu_args(d_ff, multiple_of):
     _positive_int("d_ff", d_ff)
     _positive_int("multiple_of", multiple_of)
     if d_ff < 2:  # 2 * 1 // 3 == 0: no hidden channel at all
-        raise ValueError(f"d_ff must be at least 2 for swiglu_hidden: 2 * {d_ff} // 3 = 0, "
-                         f"and the hidden width must be at least 1")
+        raise ValueError(
+            f"d_ff must be at least 2 for swiglu_hidden: 2 * {d_ff} // 3 = 0, "
+            f"and the hidden width must be at least 1"
+        )
 
 
 def _require_bool(name, value):
@@ -40,8 +42,9 @@ def _require_bool(name, value):
 
 def _check_dropout(dropout):
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-        raise TypeError(f"dropout must be a real number in [0, 1), got {type(dropout).__name__} "
-                        f"{dropout!r}")
+        raise TypeError(
+            f"dropout must be a real number in [0, 1), got {type(dropout).__name__} {dropout!r}"
+        )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
@@ -54,8 +57,10 @@ def _check_dtype(name, x, weight, owner):
     """
     cast = torch.is_autocast_enabled(x.device.type) and torch.float64 not in (x.dtype, weight.dtype)
     if x.dtype != weight.dtype and not cast:
-        raise TypeError(f"{name} is {_dtype_name(x.dtype)} but {owner}'s weights are "
-                        f"{_dtype_name(weight.dtype)}; convert one with .to(...)")
+        raise TypeError(
+            f"{name} is {_dtype_name(x.dtype)} but {owner}'s weights are "
+            f"{_dtype_name(weight.dtype)}; convert one with .to(...)"
+        )
 
 
 def _dtype_name(dtype):
@@ -77,6 +82,8 @@ def swiglu_hidden(d_ff: int, multiple_of: int = 1) -> int:
     _check_swiglu_args(d_ff, multiple_of)  # positive ints, and d_ff >= 2
     hidden = 2 * d_ff // 3
     return multiple_of * -(-hidden // multiple_of)  # round up to a multiple of multiple_of
+
+
 # --8<-- [end:swiglu_hidden]
 
 
@@ -96,14 +103,21 @@ class FeedForward(nn.Module):
     ``torch.autocast``, which casts float32, float16 and bfloat16 for the products.
     """
 
-    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", bias: bool = True,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        activation: str = "relu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         _positive_int("d_model", d_model)
         _positive_int("d_ff", d_ff)
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
-                             f"got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}"
+            )
         _require_bool("bias", bias)
         _check_dropout(dropout)
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
@@ -122,6 +136,7 @@ class FeedForward(nn.Module):
         else:  # swiglu: a SiLU gate, multiplied channel by channel with a second projection
             h = F.silu(self.w1(x)) * self.w3(x)  # (..., d_ff)
         return self.w2(self.dropout(h))  # (..., E)
+
     # --8<-- [end:feedforward]
 
     def _check_input(self, x):

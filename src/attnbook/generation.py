@@ -46,13 +46,16 @@ def _check_token_ids(idx, vocab_size: int) -> None:
     """Token ids ``(B, T)``, ``T >= 1``, in range; int64 or int32, as ``nn.Embedding`` reads."""
     require_tensor("idx", idx)
     if idx.dtype not in (torch.long, torch.int32):
-        raise TypeError(f"idx must hold integer token ids (torch.long, or torch.int32), got "
-                        f"{idx.dtype}")
+        raise TypeError(
+            f"idx must hold integer token ids (torch.long, or torch.int32), got {idx.dtype}"
+        )
     if idx.ndim != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
-        raise ValueError(f"idx holds token ids in [{int(idx.min())}, {int(idx.max())}], "
-                         f"outside the vocabulary [0, {vocab_size})")
+        raise ValueError(
+            f"idx holds token ids in [{int(idx.min())}, {int(idx.max())}], "
+            f"outside the vocabulary [0, {vocab_size})"
+        )
 
 
 # --8<-- [start:kv_cache]
@@ -96,6 +99,7 @@ class KVCache:
             value = torch.cat((self.values[layer], value), dim=2)  # (B, H_kv, T_old + T_new, D)
         self.keys[layer], self.values[layer] = key, value
         return key, value
+
     # --8<-- [end:kv_cache]
 
     def _tokens(self, layer: int) -> int:
@@ -114,39 +118,53 @@ class KVCache:
             if t.ndim != 4:
                 raise ValueError(f"{name} must have shape (B, H_kv, T, D), got {tuple(t.shape)}")
         if key.shape != value.shape:
-            raise ValueError(f"key and value must have one shape, got {tuple(key.shape)} and "
-                             f"{tuple(value.shape)}")
+            raise ValueError(
+                f"key and value must have one shape, got {tuple(key.shape)} and "
+                f"{tuple(value.shape)}"
+            )
         if key.dtype != value.dtype:
-            raise TypeError(f"key and value must share one dtype, got {key.dtype} and "
-                            f"{value.dtype}")
+            raise TypeError(
+                f"key and value must share one dtype, got {key.dtype} and {value.dtype}"
+            )
         if key.device != value.device:
-            raise ValueError(f"key and value must be on one device, got {key.device} and "
-                             f"{value.device}")
+            raise ValueError(
+                f"key and value must be on one device, got {key.device} and {value.device}"
+            )
         old = self.keys[layer]
         if old is not None:  # what this layer already holds
             if key.shape[0] != old.shape[0]:
-                raise ValueError(f"the cache holds batch size {old.shape[0]}, got key of batch "
-                                 f"size {key.shape[0]}; start a new KVCache for a new batch")
+                raise ValueError(
+                    f"the cache holds batch size {old.shape[0]}, got key of batch "
+                    f"size {key.shape[0]}; start a new KVCache for a new batch"
+                )
             if (key.shape[1], key.shape[3]) != (old.shape[1], old.shape[3]):
-                raise ValueError(f"layer {layer} caches (B, H_kv, T, D) = {tuple(old.shape)}, "
-                                 f"got key {tuple(key.shape)}")
+                raise ValueError(
+                    f"layer {layer} caches (B, H_kv, T, D) = {tuple(old.shape)}, "
+                    f"got key {tuple(key.shape)}"
+                )
             if key.dtype != old.dtype:
                 raise TypeError(f"layer {layer} caches {old.dtype}, got key in {key.dtype}")
             if key.device != old.device:
                 raise ValueError(f"layer {layer} caches on {old.device}, got key on {key.device}")
         first = self.keys[0]
         if layer > 0 and first is not None and key.shape[0] != first.shape[0]:
-            raise ValueError(f"layer 0 caches batch size {first.shape[0]}, got key of batch size "
-                             f"{key.shape[0]} for layer {layer}")
+            raise ValueError(
+                f"layer 0 caches batch size {first.shape[0]}, got key of batch size "
+                f"{key.shape[0]} for layer {layer}"
+            )
         if layer == 0:  # a new forward: the last one must have reached every layer
             lengths = [0 if k is None else k.shape[2] for k in self.keys]
             if old_length and any(n != old_length for n in lengths):
-                raise ValueError(f"the layers hold different numbers of tokens, {lengths}: "
-                                 f"a forward stopped part-way; start a new KVCache")
+                raise ValueError(
+                    f"the layers hold different numbers of tokens, {lengths}: "
+                    f"a forward stopped part-way; start a new KVCache"
+                )
         elif old_length + key.shape[2] != self._tokens(0):
-            raise ValueError(f"layer {layer} would hold {old_length + key.shape[2]} tokens after "
-                             f"this update, but layer 0 holds {self._tokens(0)}: update the "
-                             f"layers in order, 0 to {self.n_layer - 1}, with the same new tokens")
+            raise ValueError(
+                f"layer {layer} would hold {old_length + key.shape[2]} tokens after "
+                f"this update, but layer 0 holds {self._tokens(0)}: update the "
+                f"layers in order, 0 to {self.n_layer - 1}, with the same new tokens"
+            )
 
     def nbytes(self) -> int:
         """Bytes held by the cached tensors, ``sum(t.element_size() * t.numel())``."""
@@ -163,8 +181,15 @@ class KVCache:
 
 
 # --8<-- [start:kv_cache_bytes]
-def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, seq_len: int, *,
-                   batch_size: int = 1, dtype: torch.dtype = torch.float16) -> int:
+def kv_cache_bytes(
+    n_layer: int,
+    n_kv_head: int,
+    head_dim: int,
+    seq_len: int,
+    *,
+    batch_size: int = 1,
+    dtype: torch.dtype = torch.float16,
+) -> int:
     """Memory of a KV cache: ``2 * n_layer * n_kv_head * head_dim * seq_len * batch_size * bytes``.
 
     The 2 counts keys and values; ``bytes`` is the size of one value of ``dtype``
@@ -172,17 +197,27 @@ def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, seq_len: int, *,
     524,288 bytes per token: 2 GiB for a context of 4096 tokens.
     """
     n_layer, n_kv_head, head_dim, seq_len, batch_size = _check_sizes(
-        n_layer, n_kv_head, head_dim, seq_len, batch_size, dtype)
+        n_layer, n_kv_head, head_dim, seq_len, batch_size, dtype
+    )
     return 2 * n_layer * n_kv_head * head_dim * seq_len * batch_size * dtype.itemsize
+
+
 # --8<-- [end:kv_cache_bytes]
 
 
 def _check_sizes(n_layer, n_kv_head, head_dim, seq_len, batch_size, dtype) -> tuple[int, ...]:
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
-    return tuple(_check_int(name, value, minimum) for name, value, minimum in (
-        ("n_layer", n_layer, 1), ("n_kv_head", n_kv_head, 1), ("head_dim", head_dim, 1),
-        ("seq_len", seq_len, 0), ("batch_size", batch_size, 1)))
+    return tuple(
+        _check_int(name, value, minimum)
+        for name, value, minimum in (
+            ("n_layer", n_layer, 1),
+            ("n_kv_head", n_kv_head, 1),
+            ("head_dim", head_dim, 1),
+            ("seq_len", seq_len, 0),
+            ("batch_size", batch_size, 1),
+        )
+    )
 
 
 def _check_logits(logits, *, layout: str = "(..., V)", generator=None) -> None:
@@ -195,27 +230,29 @@ def _check_logits(logits, *, layout: str = "(..., V)", generator=None) -> None:
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
     ndim_ok = logits.ndim == 2 if layout == "(B, V)" else logits.ndim >= 1
     if not ndim_ok or logits.shape[-1] == 0:
-        raise ValueError(f"logits must have shape {layout} with V >= 1, got "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(f"logits must have shape {layout} with V >= 1, got {tuple(logits.shape)}")
     _check_generator(generator, logits.device)
     if torch.isnan(logits).any() or torch.isposinf(logits).any():
         raise ValueError("logits must be finite or -inf, got NaN or +inf")
     if torch.isneginf(logits).all(dim=-1).any():
-        raise ValueError("every row of logits needs at least one finite entry, got a row "
-                         "of -inf only")
+        raise ValueError(
+            "every row of logits needs at least one finite entry, got a row of -inf only"
+        )
 
 
 def _check_generator(generator, device: torch.device) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
     where = generator.device  # an index of None (as in "cuda") matches any index
     same_index = None in (where.index, device.index) or where.index == device.index
     if where.type != device.type or not same_index:
-        raise ValueError(f"generator must be on the device of the logits, {device}, got a "
-                         f"generator on {where}")
+        raise ValueError(
+            f"generator must be on the device of the logits, {device}, got a generator on {where}"
+        )
 
 
 def _check_probability(name: str, value: object) -> float:
@@ -229,8 +266,9 @@ def _check_sampling(temperature, top_k, top_p) -> tuple[float, int | None, float
     """The sampling settings as Python numbers (numpy scalars accepted), after checking them."""
     temperature = _check_real("temperature", temperature)
     if not (temperature >= 0 and math.isfinite(temperature)):  # also refuses NaN
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got "
-                         f"{temperature}")
+        raise ValueError(
+            f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}"
+        )
     if top_k is not None:
         top_k = _check_int("top_k", top_k, 1)
     if top_p is not None:
@@ -249,6 +287,8 @@ def top_k_logits(logits: torch.Tensor, k: int) -> torch.Tensor:
     keep = torch.zeros_like(logits, dtype=torch.bool)
     keep.scatter_(-1, logits.topk(k, dim=-1).indices, True)  # (..., V): k True per row
     return logits.masked_fill(~keep, float("-inf"))
+
+
 # --8<-- [end:top_k]
 
 
@@ -269,13 +309,20 @@ def top_p_logits(logits: torch.Tensor, p: float) -> torch.Tensor:
     keep_sorted = before < p  # the first entry has before = 0 < p: always kept
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)  # back to vocab order
     return logits.masked_fill(~keep, float("-inf"))
+
+
 # --8<-- [end:top_p]
 
 
 # --8<-- [start:sample_next]
-def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Draw one token id per row of ``logits`` ``(B, V)``: ``softmax(logits / temperature)``.
 
     ``temperature=0`` is greedy (the argmax; ``top_k``, ``top_p`` and ``generator``
@@ -303,6 +350,8 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
         logits = top_p_logits(logits, top_p)
     probs = torch.softmax(logits, dim=-1)  # (B, V): the top token has logit 0, so no NaN
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
 # --8<-- [end:sample_next]
 
 
@@ -310,34 +359,47 @@ def _check_generate(model, idx, max_new_tokens, use_cache, generator) -> int:
     """Check the arguments of ``generate``; return ``max_new_tokens`` as an int."""
     config = getattr(model, "config", None)
     if not isinstance(model, torch.nn.Module) or config is None:
-        raise TypeError(f"model must be a GPT (an nn.Module with a config), got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"model must be a GPT (an nn.Module with a config), got {type(model).__name__}"
+        )
     _check_token_ids(idx, config.vocab_size)
     if idx.shape[0] == 0:
-        raise ValueError(f"idx must hold at least one prompt (B >= 1), got shape "
-                         f"{tuple(idx.shape)}")
+        raise ValueError(
+            f"idx must hold at least one prompt (B >= 1), got shape {tuple(idx.shape)}"
+        )
     max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be a bool, got {type(use_cache).__name__} {use_cache!r}")
     _check_generator(generator, idx.device)
     T, block_size = idx.shape[1], config.block_size
     if use_cache and T > block_size:
-        raise ValueError(f"idx has length T={T}, longer than block_size={block_size}; pass "
-                         f"use_cache=False to read only its last {block_size} tokens")
+        raise ValueError(
+            f"idx has length T={T}, longer than block_size={block_size}; pass "
+            f"use_cache=False to read only its last {block_size} tokens"
+        )
     if use_cache and T + max_new_tokens - 1 > block_size:
         raise ValueError(
             f"with use_cache=True the model reads the prompt and every new token but the last: "
             f"T + max_new_tokens - 1 = {T} + {max_new_tokens} - 1 = {T + max_new_tokens - 1} "
             f"positions, more than block_size={block_size}. Generate fewer tokens, or pass "
-            f"use_cache=False, which crops the context to the last {block_size} tokens")
+            f"use_cache=False, which crops the context to the last {block_size} tokens"
+        )
     return max_new_tokens
 
 
 # --8<-- [start:generate]
 @torch.no_grad()
-def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def generate(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Extend the prompts ``idx`` ``(B, T)`` by ``max_new_tokens`` sampled tokens each.
 
     ``x_{t+1} ~ sample_next(model(x_{<=t})[:, -1])``, one token at a time (see
@@ -365,10 +427,13 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     for step in range(max_new_tokens):
         if not use_cache:
             logits = model(idx[:, -block_size:])[:, -1]  # (B, V): re-read the cropped context
-        next_id = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                              generator=generator)  # (B,)
+        next_id = sample_next(
+            logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )  # (B,)
         idx = torch.cat((idx, next_id.unsqueeze(1)), dim=1)  # (B, T + step + 1)
         if use_cache and step < max_new_tokens - 1:
             logits = model(idx[:, -1:], kv_cache=kv_cache)[:, -1]  # (B, V): the new token only
     return idx
+
+
 # --8<-- [end:generate]

@@ -109,12 +109,15 @@ class GPTConfig:
         if self.n_kv_head is not None:
             _positive_int("n_kv_head", self.n_kv_head)
             if self.n_head % self.n_kv_head:
-                raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head "
-                                 f"({self.n_head}): each KV head serves a whole group of "
-                                 f"query heads")
+                raise ValueError(
+                    f"n_kv_head ({self.n_kv_head}) must divide n_head "
+                    f"({self.n_head}): each KV head serves a whole group of "
+                    f"query heads"
+                )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise TypeError(f"dropout must be a float, got {type(self.dropout).__name__} "
-                            f"{self.dropout!r}")
+            raise TypeError(
+                f"dropout must be a float, got {type(self.dropout).__name__} {self.dropout!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
             raise ValueError(f"dropout must be a float in [0, 1), got {self.dropout!r}")
         for name in ("bias", "tie_weights"):
@@ -124,8 +127,10 @@ class GPTConfig:
         _one_of("norm", self.norm, NORMS)
         _one_of("mlp", self.mlp, MLPS)
         if self.positions == "rope" and self.head_dim % 2:
-            raise ValueError(f"positions='rope' needs an even head_dim (channels rotate in "
-                             f"pairs), got n_embd / n_head = {self.head_dim}")
+            raise ValueError(
+                f"positions='rope' needs an even head_dim (channels rotate in "
+                f"pairs), got n_embd / n_head = {self.head_dim}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -147,8 +152,9 @@ class GPTConfig:
         """
         _one_of("size", size, tuple(_GPT2_SIZES))
         n_layer, n_head, n_embd = _GPT2_SIZES[size]
-        fields = dict(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd)
+        fields = dict(
+            vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head, n_embd=n_embd
+        )
         return cls(**{**fields, **overrides})
 
 
@@ -202,44 +208,61 @@ class CausalSelfAttention(nn.Module):
         past = 0
         if kv_cache is not None:
             if not isinstance(kv_cache, KVCache):
-                raise TypeError(f"kv_cache must be an attnbook KVCache, got "
-                                f"{type(kv_cache).__name__}")
+                raise TypeError(
+                    f"kv_cache must be an attnbook KVCache, got {type(kv_cache).__name__}"
+                )
             past = kv_cache._tokens(layer)  # also checks layer
             if offset != past:
-                raise ValueError(f"offset must be the number of tokens cached in layer {layer}, "
-                                 f"{past}, got {offset}")
+                raise ValueError(
+                    f"offset must be the number of tokens cached in layer {layer}, "
+                    f"{past}, got {offset}"
+                )
         S = past + T
         if self.alibi:
             if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
-                raise TypeError(f"with positions='alibi', mask must be the float bias "
-                                f"alibi_bias(H, T, S), got "
-                                f"{type(mask).__name__ if mask is None else mask.dtype}")
+                raise TypeError(
+                    f"with positions='alibi', mask must be the float bias "
+                    f"alibi_bias(H, T, S), got "
+                    f"{type(mask).__name__ if mask is None else mask.dtype}"
+                )
             if tuple(mask.shape) != (H, T, S):
-                raise ValueError(f"mask must have shape (H, T, S) = {(H, T, S)}, got "
-                                 f"{tuple(mask.shape)}")
+                raise ValueError(
+                    f"mask must have shape (H, T, S) = {(H, T, S)}, got {tuple(mask.shape)}"
+                )
             if mask.dtype != x.dtype:
-                raise TypeError(f"mask (a float bias) must have x's dtype {x.dtype}, got "
-                                f"{mask.dtype}")
+                raise TypeError(
+                    f"mask (a float bias) must have x's dtype {x.dtype}, got {mask.dtype}"
+                )
         elif mask is None:
             if T != 1:
-                raise ValueError(f"mask may be None only for one new token (T=1), which sees "
-                                 f"every key; got T={T}: pass causal_mask(T, S) = "
-                                 f"causal_mask({T}, {S})")
+                raise ValueError(
+                    f"mask may be None only for one new token (T=1), which sees "
+                    f"every key; got T={T}: pass causal_mask(T, S) = "
+                    f"causal_mask({T}, {S})"
+                )
             return
         else:
             require_tensor("mask", mask)
             if mask.dtype != torch.bool:
-                raise TypeError(f"mask must be bool (True = may attend), got {mask.dtype}: a "
-                                f"float mask would be added to the scores; use causal_mask(T, S)")
+                raise TypeError(
+                    f"mask must be bool (True = may attend), got {mask.dtype}: a "
+                    f"float mask would be added to the scores; use causal_mask(T, S)"
+                )
             if tuple(mask.shape) != (T, S):
-                raise ValueError(f"mask must have shape (T, S) = {(T, S)}, got "
-                                 f"{tuple(mask.shape)}")
+                raise ValueError(f"mask must have shape (T, S) = {(T, S)}, got {tuple(mask.shape)}")
         if mask.device != x.device:
             raise ValueError(f"mask must be on x's device {x.device}, got {mask.device}")
 
     # --8<-- [start:attention_forward]
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, *,
-                kv_cache: KVCache | None = None, layer: int = 0, offset: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        offset: int = 0,
+    ) -> torch.Tensor:
         """Attend from the ``T`` new positions ``offset, ..., offset + T - 1`` to all so far."""
         self._check_forward(x, mask, kv_cache, layer, offset)
         B, T, E = x.shape
@@ -258,6 +281,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, E)  # (B, T, E): heads side by side
         return self.out_proj(y)
+
     # --8<-- [end:attention_forward]
 
 
@@ -279,11 +303,20 @@ class Block(nn.Module):
         self.mlp = FeedForward(config.n_embd, hidden, config.mlp, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, *,
-                kv_cache: KVCache | None = None, layer: int = 0, offset: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        *,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        offset: int = 0,
+    ) -> torch.Tensor:
         a = self.attn(self.norm1(x), mask, kv_cache=kv_cache, layer=layer, offset=offset)
         x = x + self.dropout(a)  # (B, T, E)
         return x + self.dropout(self.mlp(self.norm2(x)))  # (B, T, E)
+
+
 # --8<-- [end:block]
 
 
@@ -304,8 +337,11 @@ class GPT(nn.Module):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = (LearnedPositionalEmbedding(config.block_size, config.n_embd)
-                    if config.positions == "learned" else None)
+        self.wpe = (
+            LearnedPositionalEmbedding(config.block_size, config.n_embd)
+            if config.positions == "learned"
+            else None
+        )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = _make_norm(config)
@@ -336,15 +372,21 @@ class GPT(nn.Module):
         if not isinstance(kv_cache, KVCache):
             raise TypeError(f"kv_cache must be an attnbook KVCache, got {type(kv_cache).__name__}")
         if kv_cache.n_layer != self.config.n_layer:
-            raise ValueError(f"kv_cache has {kv_cache.n_layer} layers, this model has "
-                             f"n_layer={self.config.n_layer}")
+            raise ValueError(
+                f"kv_cache has {kv_cache.n_layer} layers, this model has "
+                f"n_layer={self.config.n_layer}"
+            )
         if kv_cache.batch_size is not None and kv_cache.batch_size != B:
-            raise ValueError(f"kv_cache holds batch size {kv_cache.batch_size}, but idx has "
-                             f"batch size {B}; start a new KVCache for a new batch")
+            raise ValueError(
+                f"kv_cache holds batch size {kv_cache.batch_size}, but idx has "
+                f"batch size {B}; start a new KVCache for a new batch"
+            )
         past = kv_cache.length
         if past + T > block_size:
-            raise ValueError(f"kv_cache holds {past} tokens and idx adds {T}: {past + T} "
-                             f"positions do not fit in block_size={block_size}")
+            raise ValueError(
+                f"kv_cache holds {past} tokens and idx adds {T}: {past + T} "
+                f"positions do not fit in block_size={block_size}"
+            )
         return past
 
     # --8<-- [start:gpt_forward]
@@ -371,4 +413,5 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, mask, kv_cache=kv_cache, layer=layer, offset=offset)  # (B, T, E)
         return self.lm_head(self.norm(x))  # (B, T, V)
+
     # --8<-- [end:gpt_forward]

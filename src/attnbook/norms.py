@@ -50,11 +50,15 @@ def _single_dim(m, kind):
     """The width torch's norm ``m`` normalises over, if it is a plain per-channel one."""
     shape = tuple(m.normalized_shape)
     if len(shape) != 1:
-        raise ValueError(f"{kind}.normalized_shape must have one dimension (attnbook normalises "
-                         f"the last dimension only), got {shape}")
+        raise ValueError(
+            f"{kind}.normalized_shape must have one dimension (attnbook normalises "
+            f"the last dimension only), got {shape}"
+        )
     if not m.elementwise_affine:
-        raise ValueError(f"{kind} with elementwise_affine=False has no weight; attnbook's "
-                         f"norms always learn one (copy it as ones instead)")
+        raise ValueError(
+            f"{kind} with elementwise_affine=False has no weight; attnbook's "
+            f"norms always learn one (copy it as ones instead)"
+        )
     return shape[0]
 
 
@@ -95,6 +99,7 @@ class LayerNorm(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(work.dtype)
         return y.to(x.dtype)
+
     # --8<-- [end:layernorm]
 
     def extra_repr(self) -> str:
@@ -146,6 +151,7 @@ class RMSNorm(nn.Module):
         mean_square = work.pow(2).mean(dim=-1, keepdim=True)  # (..., 1): one per vector
         y = work * torch.rsqrt(mean_square + self.eps)  # (..., E): root mean square 1
         return (y * self.weight.to(work.dtype)).to(x.dtype)
+
     # --8<-- [end:rmsnorm]
 
     def extra_repr(self) -> str:
@@ -163,8 +169,10 @@ class RMSNorm(nn.Module):
             raise TypeError(f"m must be a torch.nn.RMSNorm, got {type(m).__name__}")
         dim = _single_dim(m, "RMSNorm")
         if m.eps is None:
-            raise ValueError("RMSNorm with eps=None uses the input dtype's machine epsilon; "
-                             "attnbook needs a number: build torch's module with eps=...")
+            raise ValueError(
+                "RMSNorm with eps=None uses the input dtype's machine epsilon; "
+                "attnbook needs a number: build torch's module with eps=..."
+            )
         new = cls(dim, eps=m.eps).to(m.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(m.weight)

@@ -93,6 +93,8 @@ def sinusoidal_positions(length: int, dim: int, base: float = 10000.0) -> torch.
     pe[:, 0::2] = torch.sin(angle)  # even channels
     pe[:, 1::2] = torch.cos(angle)  # odd channels
     return pe.float()
+
+
 # --8<-- [end:sinusoidal]
 
 
@@ -128,8 +130,10 @@ class LearnedPositionalEmbedding(nn.Module):
             raise ValueError(
                 f"{where} do not fit: this embedding was built with "
                 f"max_len={self.max_len}, so it has no row for position {self.max_len} or beyond "
-                f"(offset={offset}, length={x.shape[1]})")
+                f"(offset={offset}, length={x.shape[1]})"
+            )
         return x + self.weight[offset:end].to(x.dtype)  # (B, L, E) + (L, E)
+
     # --8<-- [end:learned]
 
 
@@ -138,31 +142,48 @@ def _check_positions(positions, length: int, batch_shape: tuple[int, ...], devic
     if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise TypeError(f"positions must be an integer tensor (torch.long), got {positions.dtype}")
     if positions.ndim == 0 or positions.shape[-1] != length:
-        raise ValueError(f"positions must have shape (L,) or (..., L) with L = {length} (the "
-                         f"length of x), got shape {tuple(positions.shape)}")
-    broadcast_shape("positions", tuple(positions.shape), batch_shape + (length,),
-                    "x's shape without its last dimension,")
+        raise ValueError(
+            f"positions must have shape (L,) or (..., L) with L = {length} (the "
+            f"length of x), got shape {tuple(positions.shape)}"
+        )
+    broadcast_shape(
+        "positions",
+        tuple(positions.shape),
+        batch_shape + (length,),
+        "x's shape without its last dimension,",
+    )
     return positions.to(device)
 
 
-def _rotary_frequencies(head_dim: int, base: float, device=None, dtype=torch.float32) -> torch.Tensor:
+def _rotary_frequencies(
+    head_dim: int, base: float, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """theta_i = base^(-2i / D) for the D/2 channel pairs."""
     return base ** (-torch.arange(0, head_dim, 2, dtype=dtype, device=device) / head_dim)
 
 
 # --8<-- [start:rotary]
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+def _rotate(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> torch.Tensor:
     """Turn each channel pair (a, b) into (a cos - b sin, a sin + b cos)."""
     if interleaved:  # pairs (0, 1), (2, 3), ...: RoFormer, Meta's Llama
         a, b = x[..., 0::2], x[..., 1::2]  # (..., L, D/2) each
-        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)  # (..., L, D)
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(
+            -2
+        )  # (..., L, D)
     half = x.shape[-1] // 2  # pairs (i, i + D/2): GPT-NeoX, Hugging Face Llama
     a, b = x[..., :half], x[..., half:]
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)  # (..., L, D)
 
 
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, *,
-                 base: float = 10000.0, interleaved: bool = False) -> torch.Tensor:
+def apply_rotary(
+    x: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    *,
+    base: float = 10000.0,
+    interleaved: bool = False,
+) -> torch.Tensor:
     """RoPE: rotate channel pair ``i`` of the token at position ``m`` by the angle ``m * theta_i``.
 
     ``theta_i = base^(-2i/D)`` (Su et al., 2021). Applied to queries and keys, it makes
@@ -197,6 +218,8 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, *,
     angle = positions.to(work).unsqueeze(-1) * theta  # (..., L, D/2)
     out = _rotate(x.to(work), torch.cos(angle), torch.sin(angle), interleaved)
     return out.to(x.dtype)
+
+
 # --8<-- [end:rotary]
 
 
@@ -221,11 +244,15 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = _positive_int("head_dim", head_dim, even=True)
         self.base = _check_base(base)
         self.interleaved = _check_bool("interleaved", interleaved)
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (device, dtype) -> cos, sin
+        self._tables: dict[
+            tuple, tuple[torch.Tensor, torch.Tensor]
+        ] = {}  # (device, dtype) -> cos, sin
 
     def _angles(self, start: int, end: int, device, dtype) -> torch.Tensor:
         theta = _rotary_frequencies(self.head_dim, self.base, device, dtype)  # (D/2,)
-        return torch.arange(start, end, device=device, dtype=dtype).unsqueeze(-1) * theta  # (L, D/2)
+        return (
+            torch.arange(start, end, device=device, dtype=dtype).unsqueeze(-1) * theta
+        )  # (L, D/2)
 
     def _cos_sin(self, offset: int, end: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self._tables.get((device, dtype), (None, None))
@@ -271,12 +298,21 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     m = 2 ** int(math.floor(math.log2(num_heads)))
     slopes = geometric(m) + geometric(2 * m)[0::2][: num_heads - m]
     return torch.tensor(slopes, dtype=torch.float32)
+
+
 # --8<-- [end:alibi_slopes]
 
 
 # --8<-- [start:alibi_bias]
-def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, causal: bool = True,
-               device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def alibi_bias(
+    num_heads: int,
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    causal: bool = True,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """ALiBi's float bias, ``bias[h, i, j] = -slope_h * |i' - j|``, added to the scores.
 
     Queries are aligned bottom-right, like ``causal_mask``: query ``i`` sits at position
@@ -300,4 +336,6 @@ def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, causal:
     if causal:
         bias = bias.masked_fill(j > i, float("-inf"))
     return bias.to(dtype)
+
+
 # --8<-- [end:alibi_bias]

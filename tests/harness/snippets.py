@@ -47,7 +47,9 @@ def snippet_config(root: Path) -> dict:
 @cache  # the page's source item and the render cross-check both ask for each include
 def expand(root: Path, target: str) -> tuple[str, ...]:
     """The lines MkDocs puts on the page for ``--8<-- "target"``."""
-    md = markdown.Markdown(extensions=[SNIPPETS], extension_configs={SNIPPETS: snippet_config(root)})
+    md = markdown.Markdown(
+        extensions=[SNIPPETS], extension_configs={SNIPPETS: snippet_config(root)}
+    )
     return tuple(md.preprocessors["snippet"].run([f'--8<-- "{target}"']))
 
 
@@ -55,14 +57,16 @@ def check_include(root: Path, target: str, attrs: dict[str, str]) -> str | None:
     """Return what is wrong with a package-source include, or None if it is sound."""
     file_part, _, section = target.partition(":")
     if not SECTION_NAME.fullmatch(section):
-        return (f"the include {target!r} names no section: write "
-                f"--8<-- \"{file_part}:SECTION\" and mark the section in the file with "
-                "# --8<-- [start:SECTION] ... # --8<-- [end:SECTION]")
+        return (
+            f"the include {target!r} names no section: write "
+            f'--8<-- "{file_part}:SECTION" and mark the section in the file with '
+            "# --8<-- [start:SECTION] ... # --8<-- [end:SECTION]"
+        )
     src = (root / "src").resolve()
     if not (root / file_part).resolve().is_relative_to(src):
         return f"the include {target!r} is not a file under src/"
     if attrs.get("title") != file_part:
-        return f"the fence's title should name the included file: title=\"{file_part}\""
+        return f'the fence\'s title should name the included file: title="{file_part}"'
     try:
         lines = expand(root, target)
     except Exception as err:  # pymdownx raises SnippetMissingError for files and sections
@@ -71,6 +75,8 @@ def check_include(root: Path, target: str, attrs: dict[str, str]) -> str | None:
         return f"the include {target!r} resolves to an empty section"
     fence = next((line for line in lines if FENCE_LINE.match(line)), None)
     if fence is not None:
-        return (f"the section {target!r} holds a fence line ({fence.strip()!r}), which would end "
-                "the page's fence early and turn the rest into page content")
+        return (
+            f"the section {target!r} holds a fence line ({fence.strip()!r}), which would end "
+            "the page's fence early and turn the rest into page content"
+        )
     return None

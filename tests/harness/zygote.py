@@ -38,7 +38,6 @@ import time
 
 import torch  # noqa: F401  (imported once here, so each child's ``import torch`` is free)
 
-
 _ECHO = "__attnbook_echo__"
 
 
@@ -68,10 +67,15 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                  line_buffering=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                  errors="backslashreplace", line_buffering=True)
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), encoding="utf-8", line_buffering=True
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
     random.seed()  # a fresh interpreter seeds from the OS; forked children must not share
     torch.seed()  # likewise: a fresh ``import torch`` starts from a random seed
     if "numpy" in sys.modules:
@@ -96,10 +100,16 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
     status = 0
     # Tracebacks name the page by its path in the repository, and show its lines.
     source = "\n" * (request["line"] - 1) + request["code"]
-    linecache.cache[request["filename"]] = (len(source), None, source.splitlines(True),
-                                            request["filename"])
+    linecache.cache[request["filename"]] = (
+        len(source),
+        None,
+        source.splitlines(True),
+        request["filename"],
+    )
     try:
-        tree = ast.fix_missing_locations(_WatchEchoes().visit(ast.parse(source, request["filename"])))
+        tree = ast.fix_missing_locations(
+            _WatchEchoes().visit(ast.parse(source, request["filename"]))
+        )
         code = compile(tree, request["filename"], "exec")
         exec(code, main.__dict__)
     except SystemExit as stop:
@@ -124,9 +134,12 @@ def _child(request: dict, write_fd: int, workdir: str) -> None:
         line, shown = echoed[0]
         if len(shown) > 60:
             shown = shown[:57] + "..."
-        print(f"{request['filename']}:{line}: pasted at the >>> prompt, this line would also print "
-              f"its value, {shown}, which a script does not; assign it (`_ = ...`) so that both "
-              f"show the same output", file=sys.stderr)
+        print(
+            f"{request['filename']}:{line}: pasted at the >>> prompt, this line would also print "
+            f"its value, {shown}, which a script does not; assign it (`_ = ...`) so that both "
+            f"show the same output",
+            file=sys.stderr,
+        )
         status = 3
     try:
         sys.stdout.flush()
