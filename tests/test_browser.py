@@ -36,7 +36,7 @@ def test_explorer_highlights_the_hovered_tokens_row_from_the_json(page, site_url
     page.select_option('[data-role="head"]', "3")
     shown = _explorer_weights(page, it)
     expected = sentence["weights"][5][3][it]
-    assert shown == pytest.approx(expected, abs=6e-4)  # the page rounds to 3 decimals
+    assert shown == pytest.approx(expected, abs=1e-9)  # the JSON holds the 3 decimals shown
     assert page.locator(".explorer-query").inner_text() == "it"
     assert "layer 5, head 3" in page.locator('[data-role="readout"]').inner_text()
 
@@ -47,7 +47,7 @@ def test_explorer_highlights_the_hovered_tokens_row_from_the_json(page, site_url
             "spans => spans.map(s => s.getAttribute('data-weight'))"
         )
     ]
-    assert switched == pytest.approx(sentence["weights"][5][11][it], abs=6e-4)
+    assert switched == pytest.approx(sentence["weights"][5][11][it], abs=1e-9)
     assert switched != pytest.approx(shown, abs=1e-3)
     assert not page.errors, page.errors
 

@@ -249,7 +249,11 @@ def explorer_data() -> str:
         for text in EXPLORER_SENTENCES:
             tokens, weights = attention_maps(text)  # (layers, H, L, L)
             sentences.append(
-                {"text": text, "tokens": tokens, "weights": weights.round(decimals=4).tolist()}
+                {
+                    "text": text,
+                    "tokens": tokens,
+                    "weights": weights.double().round(decimals=3).tolist(),
+                }
             )
         layers, heads = weights.shape[:2]
         data = {
