@@ -298,6 +298,23 @@ def _convert_norm(norm):
     )
 
 
+def _build_layer(layer: nn.Module, attentions: tuple[str, ...], n_norms: int, **config) -> None:
+    """Check ``config`` (torch's layer arguments) and give ``layer`` its parts: the named
+    attentions, ``ff``, and ``norm1..n`` with ``dropout1..n``, one pair per sub-layer."""
+    d, h, p, bias = config["d_model"], config["nhead"], config["dropout"], config["bias"]
+    _check_config(
+        d, h, config["dim_feedforward"], p, config["layer_norm_eps"], config["norm_first"], bias
+    )
+    layer.config = config
+    layer.d_model, layer.nhead, layer.norm_first = d, h, config["norm_first"]
+    for name in attentions:
+        setattr(layer, name, MultiHeadAttention(d, h, bias=bias, dropout=p))
+    layer.ff = FeedForward(d, config["dim_feedforward"], config["activation"], bias=bias, dropout=p)
+    for i in range(1, n_norms + 1):
+        setattr(layer, f"norm{i}", LayerNorm(d, eps=config["layer_norm_eps"], bias=bias))
+        setattr(layer, f"dropout{i}", nn.Dropout(p))
+
+
 class TransformerEncoderLayer(nn.Module):
     """One encoder block: self-attention, then a feed-forward network, each with a residual.
 
@@ -339,8 +356,10 @@ class TransformerEncoderLayer(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first, bias)
-        self.config = dict(
+        _build_layer(
+            self,
+            ("self_attn",),
+            2,
             d_model=d_model,
             nhead=nhead,
             dim_feedforward=dim_feedforward,
@@ -350,13 +369,6 @@ class TransformerEncoderLayer(nn.Module):
             norm_first=norm_first,
             bias=bias,
         )
-        self.d_model, self.nhead, self.norm_first = d_model, nhead, norm_first
-        self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
-        self.ff = FeedForward(d_model, dim_feedforward, activation, bias=bias, dropout=dropout)
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
 
     # --8<-- [start:encoder_layer_forward]
     def forward(
@@ -454,8 +466,10 @@ class TransformerDecoderLayer(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        _check_config(d_model, nhead, dim_feedforward, dropout, layer_norm_eps, norm_first, bias)
-        self.config = dict(
+        _build_layer(
+            self,
+            ("self_attn", "cross_attn"),
+            3,
             d_model=d_model,
             nhead=nhead,
             dim_feedforward=dim_feedforward,
@@ -465,16 +479,6 @@ class TransformerDecoderLayer(nn.Module):
             norm_first=norm_first,
             bias=bias,
         )
-        self.d_model, self.nhead, self.norm_first = d_model, nhead, norm_first
-        self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
-        self.cross_attn = MultiHeadAttention(d_model, nhead, bias=bias, dropout=dropout)
-        self.ff = FeedForward(d_model, dim_feedforward, activation, bias=bias, dropout=dropout)
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
 
     # --8<-- [start:decoder_layer_forward]
     def forward(
